@@ -1,0 +1,152 @@
+//! The bus between broker nodes and the write path.
+//!
+//! Two directions:
+//! - **submissions**, node → bridge: a client's post, tagged with the identity the gatekeeper
+//!   verified at CONNECT;
+//! - **deliveries**, bridge/API → nodes: stream events (spliced into frames by the node), inbox
+//!   answers, retained messages.
+//!
+//! [`MemoryBus`] is the embedded default: two bounded in-process queues. A distributed
+//! implementation (Redis) provides the same trait.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::auth::{Identity, Role};
+use crate::ids::{StreamId, UserId};
+
+/// The verified author of a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Author {
+    pub id: UserId,
+    pub name: String,
+    pub role: Role,
+    pub subscriber: bool,
+}
+
+impl From<&Identity> for Author {
+    fn from(i: &Identity) -> Self {
+        Author {
+            id: i.user.clone(),
+            name: i.name.clone(),
+            role: i.role,
+            subscriber: i.subscriber,
+        }
+    }
+}
+
+/// Where a submission came from, which decides where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// MQTT: the answer goes to the author's inbox.
+    Mqtt,
+    /// HTTP: the answer is the response.
+    Http,
+}
+
+/// A client's post before validation. The payload is the raw body; the bridge parses it so that
+/// MQTT and HTTP posts share one validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub stream: StreamId,
+    pub author: Author,
+    pub payload: Bytes,
+    pub origin: Origin,
+    /// When the gatekeeper or API received it (ms since epoch), for latency metrics.
+    pub received_at_ms: i64,
+}
+
+/// Something broker nodes publish to their local clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// One serialized event for `streams/{stream}/comments`; nodes batch these into frames.
+    Stream { stream: StreamId, event: Bytes },
+    /// One message for `users/{user}/inbox`.
+    Inbox { user: UserId, payload: Bytes },
+    /// A retained message (e.g. `streams/{stream}/state`). Payload is never empty.
+    Retained { topic: String, payload: Bytes },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus is closed")]
+    Closed,
+    #[error("bus is full")]
+    Full,
+    #[error("{0} was already taken; only one consumer is supported")]
+    AlreadyTaken(&'static str),
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Hands a submission to the write path. Fails fast (never waits) when the queue is full,
+    /// so a node can tell the client to retry instead of stalling its connection.
+    fn submit(&self, submission: Submission) -> Result<(), BusError>;
+    /// The write path's end of the submission queue.
+    fn take_submissions(&self) -> Result<mpsc::Receiver<Submission>, BusError>;
+    /// Publishes to broker nodes; waits while the nodes' queue is full (back-pressure).
+    async fn deliver(&self, delivery: Delivery) -> Result<(), BusError>;
+    /// A node's end of the delivery queue.
+    fn take_deliveries(&self) -> Result<mpsc::Receiver<Delivery>, BusError>;
+}
+
+/// The in-process bus of the embedded default.
+pub struct MemoryBus {
+    submit_tx: mpsc::Sender<Submission>,
+    submit_rx: Mutex<Option<mpsc::Receiver<Submission>>>,
+    deliver_tx: mpsc::Sender<Delivery>,
+    deliver_rx: Mutex<Option<mpsc::Receiver<Delivery>>>,
+}
+
+impl MemoryBus {
+    /// `capacity` bounds each direction; a full submission queue rejects with `unavailable`.
+    pub fn new(capacity: usize) -> Self {
+        let (submit_tx, submit_rx) = mpsc::channel(capacity);
+        let (deliver_tx, deliver_rx) = mpsc::channel(capacity);
+        MemoryBus {
+            submit_tx,
+            submit_rx: Mutex::new(Some(submit_rx)),
+            deliver_tx,
+            deliver_rx: Mutex::new(Some(deliver_rx)),
+        }
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<T>>, what: &'static str) -> Result<T, BusError> {
+    slot.lock()
+        .map_err(|_| BusError::Closed)?
+        .take()
+        .ok_or(BusError::AlreadyTaken(what))
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    fn submit(&self, submission: Submission) -> Result<(), BusError> {
+        self.submit_tx.try_send(submission).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BusError::Full,
+            mpsc::error::TrySendError::Closed(_) => BusError::Closed,
+        })
+    }
+
+    fn take_submissions(&self) -> Result<mpsc::Receiver<Submission>, BusError> {
+        take(&self.submit_rx, "submissions")
+    }
+
+    async fn deliver(&self, delivery: Delivery) -> Result<(), BusError> {
+        self.deliver_tx
+            .send(delivery)
+            .await
+            .map_err(|_| BusError::Closed)
+    }
+
+    fn take_deliveries(&self) -> Result<mpsc::Receiver<Delivery>, BusError> {
+        take(&self.deliver_rx, "deliveries")
+    }
+}

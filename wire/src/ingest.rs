@@ -1,0 +1,16 @@
+//! The write path's entry point.
+//!
+//! The bridge implements it; the HTTP API calls it for `POST /v1/streams/{stream}/comments` and
+//! the bridge's own bus consumer calls it for MQTT posts, so both go through the same checks.
+
+use async_trait::async_trait;
+
+use crate::bus::Submission;
+use crate::inbox::Outcome;
+
+#[async_trait]
+pub trait Ingest: Send + Sync + 'static {
+    /// Validates, stores durably and publishes one submission. Returns once the comment is
+    /// durable (or refused); a retry with the same `client_msg_id` returns the same answer.
+    async fn submit(&self, submission: Submission) -> Outcome;
+}

@@ -1,0 +1,62 @@
+//! A read-through cache of stream records.
+//!
+//! The bridge asks "is this stream live?" for every comment and the broker asks "does this
+//! stream exist?" for every subscription; both answers change rarely, so they come from memory
+//! and are refreshed from the store when older than the caller tolerates.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::event::StreamState;
+use crate::ids::StreamId;
+use crate::store::{Store, StoreError};
+
+/// Shared by every component of one process; cheap to clone.
+#[derive(Clone)]
+pub struct StreamDirectory {
+    store: Arc<dyn Store>,
+    /// Positive entries only: an unknown stream is looked up again next time, so that a stream
+    /// created by another process becomes visible at once.
+    cache: Arc<RwLock<HashMap<StreamId, (StreamState, Instant)>>>,
+}
+
+impl StreamDirectory {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StreamDirectory {
+            store,
+            cache: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The stream record, from memory if it was read less than `max_age` ago.
+    pub async fn get(
+        &self,
+        id: &StreamId,
+        max_age: Duration,
+    ) -> Result<Option<StreamState>, StoreError> {
+        if let Ok(cache) = self.cache.read() {
+            if let Some((state, at)) = cache.get(id) {
+                if at.elapsed() <= max_age {
+                    return Ok(Some(state.clone()));
+                }
+            }
+        }
+        let fresh = self.store.get_stream(id).await?;
+        if let Some(state) = &fresh {
+            self.remember(state.clone());
+        }
+        Ok(fresh)
+    }
+
+    /// Records a state this process just wrote, so its next reads see it immediately.
+    pub fn remember(&self, state: StreamState) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(state.id.clone(), (state, Instant::now()));
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! MQTT topic names of the contract and the classification the broker's gatekeeper applies.
+//!
+//! Client → server topics (`post`) are never routed through the MQTT router: the gatekeeper
+//! takes them off the connection, tags them with the verified identity and hands them to the
+//! bridge. Server → client topics are published only by the system's internal links.
+
+use crate::ids::{StreamId, UserId};
+
+/// Comments posted by clients (QoS 1): `streams/{stream}/post`.
+pub fn post(stream: &StreamId) -> String {
+    format!("streams/{stream}/post")
+}
+
+/// Delivery frames for viewers: `streams/{stream}/comments`.
+pub fn comments(stream: &StreamId) -> String {
+    format!("streams/{stream}/comments")
+}
+
+/// The retained stream state (title, status): `streams/{stream}/state`.
+pub fn state(stream: &StreamId) -> String {
+    format!("streams/{stream}/state")
+}
+
+/// A user's private inbox (acks and rejects): `users/{user}/inbox`.
+pub fn inbox(user: &UserId) -> String {
+    format!("users/{user}/inbox")
+}
+
+/// What a client may publish to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientPublish {
+    /// `streams/{stream}/post`
+    Post(StreamId),
+}
+
+/// Server → client topic kinds under `streams/{stream}/`; clients may subscribe to these.
+pub const STREAM_SERVER_TOPICS: &[&str] = &["comments", "state"];
+
+/// Parses a topic a client publishes to. `None` means the publish is not allowed.
+pub fn parse_client_publish(topic: &str) -> Option<ClientPublish> {
+    let mut levels = topic.split('/');
+    let (Some("streams"), Some(stream), Some(kind), None) =
+        (levels.next(), levels.next(), levels.next(), levels.next())
+    else {
+        return None;
+    };
+    let stream = StreamId::new(stream).ok()?;
+    match kind {
+        "post" => Some(ClientPublish::Post(stream)),
+        _ => None,
+    }
+}
+
+/// What a subscription filter asks for, as far as the gatekeeper is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeTarget {
+    /// A filter inside one concrete stream: `streams/{stream}/comments`, `.../state`,
+    /// `streams/{stream}/+` or `streams/{stream}/#`.
+    Stream(StreamId),
+    /// `users/{user}/inbox` for this user.
+    Inbox(UserId),
+}
+
+/// Classifies a subscription filter. `None` means the filter is refused: wildcards across
+/// streams or users (`#`, `streams/+/comments`), system topics (`$SYS/#`), client → server
+/// topics, anything unknown.
+pub fn parse_subscribe(filter: &str) -> Option<SubscribeTarget> {
+    let levels: Vec<&str> = filter.split('/').collect();
+    match levels.as_slice() {
+        ["streams", stream, rest @ ..] => {
+            let stream = StreamId::new(stream).ok()?;
+            match rest {
+                ["#"] | ["+"] => Some(SubscribeTarget::Stream(stream)),
+                [kind] if STREAM_SERVER_TOPICS.contains(kind) => {
+                    Some(SubscribeTarget::Stream(stream))
+                }
+                _ => None,
+            }
+        }
+        ["users", user, "inbox"] => Some(SubscribeTarget::Inbox(UserId::new(user).ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: &str) -> StreamId {
+        StreamId::new(id).unwrap()
+    }
+
+    #[test]
+    fn only_post_topics_are_publishable() {
+        assert_eq!(
+            parse_client_publish("streams/s1/post"),
+            Some(ClientPublish::Post(s("s1")))
+        );
+        for bad in [
+            "streams/s1/comments",
+            "streams/s1/state",
+            "streams/+/post",
+            "streams/s1/post/x",
+            "users/u1/inbox",
+            "streams/s 1/post",
+            "$SYS/x",
+            "",
+            "#",
+        ] {
+            assert_eq!(parse_client_publish(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_limited_to_one_stream_or_own_inbox() {
+        for ok in [
+            "streams/s1/comments",
+            "streams/s1/state",
+            "streams/s1/#",
+            "streams/s1/+",
+        ] {
+            assert_eq!(
+                parse_subscribe(ok),
+                Some(SubscribeTarget::Stream(s("s1"))),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            parse_subscribe("users/u1/inbox"),
+            Some(SubscribeTarget::Inbox(UserId::new("u1").unwrap()))
+        );
+        for bad in [
+            "#",
+            "+/+/+",
+            "streams/#",
+            "streams/+/comments",
+            "streams/+/#",
+            "streams/s1/post",
+            "streams/s1/comments/#",
+            "users/+/inbox",
+            "users/#",
+            "users/u1/#",
+            "$SYS/#",
+            "$share/g/streams/s1/comments",
+        ] {
+            assert_eq!(parse_subscribe(bad), None, "{bad}");
+        }
+    }
+}
