@@ -1,1 +1,183 @@
-//! placeholder
+//! The write path of livecomments.
+//!
+//! Every post, from MQTT (via the bus) or HTTP (via [`Bridge::submit`]), goes through one
+//! writer task that processes submissions in batches:
+//!
+//! 1. parse and validate the body (UTF-8, JSON, length, control characters);
+//! 2. answer retries: a `(stream, user, client_msg_id)` seen before gets the first answer again;
+//! 3. check the stream is live, run the moderation hook, apply the per-user rate limit;
+//! 4. number the comment (`seq` per stream, `offset_ms` since the stream started);
+//! 5. store the whole batch in one durable transaction (group commit);
+//! 6. publish the events to the bus in `seq` order, then answer the posters.
+//!
+//! One writer per process keeps `seq` assignment, storage order and publication order the same
+//! without locks; batching makes the fsync per batch, not per comment.
+//!
+//! # Layout
+//! - [`validate`] — body parsing and validation.
+//! - [`ratelimit`] — per-user GCRA limit.
+//! - `writer` — the batch pipeline above.
+//! - [`store`] — storage implementations (`embedded`: redb).
+
+pub mod ratelimit;
+pub mod store;
+pub mod validate;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wire::bus::{Bus, Submission};
+use wire::event::Comment;
+use wire::inbox::{Outcome, RejectCode, Rejected};
+use wire::ingest::Ingest;
+use wire::store::Store;
+use wire::streams::StreamDirectory;
+
+/// `[bridge]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Longest comment, in characters.
+    pub max_comment_chars: usize,
+    /// Comments a user may post per window (0 = unlimited).
+    pub rate_limit_count: u32,
+    pub rate_limit_window_s: u64,
+    /// Posting to an unknown stream creates it, live (for demos; off in production).
+    pub auto_create_streams: bool,
+    /// Submissions waiting for the writer; beyond it HTTP posts get `unavailable`.
+    pub queue_capacity: usize,
+    /// Most submissions stored in one transaction.
+    pub max_batch: usize,
+}
+
+impl BridgeConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.max_comment_chars == 0 {
+            errors.push("bridge.max_comment_chars must be at least 1".into());
+        }
+        if self.rate_limit_count > 0 && self.rate_limit_window_s == 0 {
+            errors.push("bridge.rate_limit_window_s must be at least 1".into());
+        }
+        if self.queue_capacity == 0 || self.max_batch == 0 {
+            errors.push("bridge.queue_capacity and bridge.max_batch must be at least 1".into());
+        }
+        errors
+    }
+}
+
+/// What the write path needs from the rest of the process.
+#[derive(Clone)]
+pub struct BridgeDeps {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub streams: StreamDirectory,
+    pub moderation: Arc<moderation::Moderation>,
+    /// Accepted comments are copied here for asynchronous moderation (never blocks delivery:
+    /// when full, the copy is dropped and counted).
+    pub accepted: Option<mpsc::Sender<Comment>>,
+}
+
+pub(crate) struct Job {
+    submission: Submission,
+    /// `None`: answer on the author's inbox (MQTT).
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// A handle to the write path; cheap to clone.
+#[derive(Clone)]
+pub struct Bridge {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Bridge {
+    /// Starts the writer and the consumer of the bus's submission queue. On `shutdown` the
+    /// consumer drains what the bus already holds, the writer stores and answers everything
+    /// queued, and the returned task ends.
+    pub fn start(
+        config: BridgeConfig,
+        deps: BridgeDeps,
+        shutdown: CancellationToken,
+    ) -> Result<(Bridge, JoinHandle<()>), wire::bus::BusError> {
+        let submissions = deps.bus.take_submissions()?;
+        let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity);
+        let bridge = Bridge {
+            jobs: jobs_tx.clone(),
+        };
+        let writer = writer::Writer::new(config, deps);
+        let consumer_done = CancellationToken::new();
+        let consumer = tokio::spawn(consume(
+            submissions,
+            jobs_tx,
+            shutdown.clone(),
+            consumer_done.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            writer.run(jobs_rx, consumer_done).await;
+            let _ = consumer.await;
+        });
+        Ok((bridge, task))
+    }
+}
+
+/// Feeds MQTT submissions from the bus to the writer.
+async fn consume(
+    mut submissions: mpsc::Receiver<Submission>,
+    jobs: mpsc::Sender<Job>,
+    shutdown: CancellationToken,
+    done: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            s = submissions.recv() => s,
+            _ = shutdown.cancelled() => {
+                // Drain what nodes already accepted (and PUBACKed) before stopping.
+                submissions.close();
+                while let Some(submission) = submissions.recv().await {
+                    if jobs.send(Job { submission, reply: None }).await.is_err() {
+                        break;
+                    }
+                }
+                None
+            }
+        };
+        let Some(submission) = next else { break };
+        if jobs
+            .send(Job {
+                submission,
+                reply: None,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    done.cancel();
+}
+
+#[async_trait]
+impl Ingest for Bridge {
+    async fn submit(&self, submission: Submission) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || {
+            Rejected::new(None, RejectCode::Unavailable, "the write path is overloaded")
+                .retry_after(1000)
+        };
+        let job = Job {
+            submission,
+            reply: Some(tx),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), self.jobs.send(job)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(unavailable()),
+        }
+        rx.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+}

@@ -1,1 +1,170 @@
-//! placeholder
+//! One livecomments MQTT node.
+//!
+//! rumqttd's router does the fan-out; everything in front of it is ours, because rumqttd's own
+//! `Server` has no authorization, does not say who published, blocks every WebSocket handshake
+//! behind one slow client and cannot be shut down (see ../shared/DESIGN.md §5). So this crate
+//! accepts connections itself (TCP and WebSocket), speaks MQTT 3.1.1 with rumqttc's codec, and
+//! attaches each authenticated client to the router through a public `LinkBuilder` link.
+//!
+//! The gatekeeper, per connection:
+//! - verifies the JWT at CONNECT (password) and answers a refused CONNACK otherwise;
+//! - lets clients publish only to `streams/{stream}/post`; those posts never enter the router:
+//!   they are tagged with the verified identity and handed to the write path via the bus;
+//!   any other publish closes the connection (a forged broadcast never reaches anyone);
+//! - lets clients subscribe only inside one concrete, existing stream, and to their own inbox,
+//!   which is served by the node directly (refused filters get SUBACK failure `0x80`);
+//! - names router sessions itself (`c{slot}`), so clients can neither kick each other nor the
+//!   node's internal links, and session records stay bounded; MQTT's takeover still applies to
+//!   the same user reconnecting with the same client id.
+//!
+//! # Layout
+//! - [`config`] — `[mqtt]`, `[ws]` and `[delivery]` settings.
+//! - `listener` — accept loops, connection limit, WebSocket handshake with a timeout.
+//! - `transport` — one byte-stream interface over TCP and WebSocket.
+//! - `connection` — the per-connection gatekeeper and its loop.
+//! - `registry` — takeover map, router session slots, inbox routing.
+//! - `relay` — bus deliveries → per-stream frames → router; inbox and retained messages.
+//! - `router` — the rumqttd router and the node's internal link.
+
+pub mod config;
+mod connection;
+mod listener;
+mod registry;
+mod relay;
+mod router;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::auth::JwtKeys;
+use wire::bus::Bus;
+use wire::streams::StreamDirectory;
+
+pub use config::{BrokerConfig, DeliveryConfig, MqttConfig, WsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the node's internal router link: {0}")]
+    Link(String),
+    #[error(transparent)]
+    Bus(#[from] wire::bus::BusError),
+}
+
+/// What a node needs from the rest of the process.
+#[derive(Clone)]
+pub struct BrokerDeps {
+    pub bus: Arc<dyn Bus>,
+    pub keys: JwtKeys,
+    pub streams: StreamDirectory,
+    /// Subscriptions to unknown streams are allowed (they are created on first post).
+    pub auto_create_streams: bool,
+}
+
+/// Shutdown phases of a node.
+#[derive(Clone, Default)]
+pub struct NodeShutdown {
+    /// Stop accepting connections and stop reading from clients: nothing new enters.
+    pub intake: CancellationToken,
+    /// Publish what the bus still holds, then stop relaying.
+    pub relay: CancellationToken,
+    /// Close every client connection.
+    pub close: CancellationToken,
+}
+
+/// A running node.
+pub struct Node {
+    pub mqtt_addr: SocketAddr,
+    pub ws_addr: Option<SocketAddr>,
+    relay: JoinHandle<()>,
+    connections: TaskTracker,
+}
+
+impl Node {
+    /// Binds the listeners and starts the router, the relay and the accept loops.
+    pub async fn start(
+        config: BrokerConfig,
+        deps: BrokerDeps,
+        shutdown: NodeShutdown,
+    ) -> Result<Node, BrokerError> {
+        let router = router::start(&config)?;
+        let registry = Arc::new(registry::Registry::default());
+        let connections = TaskTracker::new();
+        let ctx = Arc::new(connection::NodeCtx {
+            config: config.clone(),
+            deps: deps.clone(),
+            broker: router.broker.clone(),
+            registry: registry.clone(),
+            shutdown: shutdown.clone(),
+        });
+
+        let tcp = listener::bind(&config.mqtt.host, config.mqtt.port).await?;
+        let mqtt_addr = tcp.local_addr().map_err(|source| BrokerError::Bind {
+            addr: format!("{}:{}", config.mqtt.host, config.mqtt.port),
+            source,
+        })?;
+        let limit = Arc::new(tokio::sync::Semaphore::new(config.mqtt.max_connections));
+        tracing::info!(addr = %mqtt_addr, "mqtt listener ready");
+        tokio::spawn(listener::accept_loop(
+            tcp,
+            listener::Kind::Tcp,
+            ctx.clone(),
+            limit.clone(),
+            connections.clone(),
+        ));
+
+        let ws_addr = if config.ws.enabled {
+            let ws = listener::bind(&config.ws.host, config.ws.port).await?;
+            let addr = ws.local_addr().map_err(|source| BrokerError::Bind {
+                addr: format!("{}:{}", config.ws.host, config.ws.port),
+                source,
+            })?;
+            tracing::info!(addr = %addr, path = %config.ws.path, "mqtt-over-websocket listener ready");
+            tokio::spawn(listener::accept_loop(
+                ws,
+                listener::Kind::WebSocket,
+                ctx.clone(),
+                limit,
+                connections.clone(),
+            ));
+            Some(addr)
+        } else {
+            None
+        };
+
+        let deliveries = deps.bus.take_deliveries()?;
+        let relay = tokio::spawn(relay::run(
+            deliveries,
+            router.link,
+            registry,
+            config.delivery.clone(),
+            shutdown.relay.clone(),
+        ));
+
+        Ok(Node {
+            mqtt_addr,
+            ws_addr,
+            relay,
+            connections,
+        })
+    }
+
+    /// Waits for the relay to flush (after `shutdown.relay`) .
+    pub async fn relay_finished(&mut self) {
+        let _ = (&mut self.relay).await;
+    }
+
+    /// Waits until every connection task ended (after `shutdown.close`).
+    pub async fn connections_closed(&self) {
+        self.connections.close();
+        self.connections.wait().await;
+    }
+}

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::auth::{Identity, Role};
+use crate::event::StreamState;
+use crate::topics;
 use crate::ids::{StreamId, UserId};
 
 /// The verified author of a submission.
@@ -65,11 +67,26 @@ pub struct Submission {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Delivery {
     /// One serialized event for `streams/{stream}/comments`; nodes batch these into frames.
-    Stream { stream: StreamId, event: Bytes },
+    /// `received_at_ms` is when the post entered the system, for the post → publish metric.
+    Stream {
+        stream: StreamId,
+        event: Bytes,
+        received_at_ms: i64,
+    },
     /// One message for `users/{user}/inbox`.
     Inbox { user: UserId, payload: Bytes },
     /// A retained message (e.g. `streams/{stream}/state`). Payload is never empty.
     Retained { topic: String, payload: Bytes },
+}
+
+impl Delivery {
+    /// The retained `streams/{stream}/state` message for a stream record.
+    pub fn stream_state(state: &StreamState) -> Delivery {
+        Delivery::Retained {
+            topic: topics::state(&state.id),
+            payload: Bytes::from(serde_json::to_vec(state).unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

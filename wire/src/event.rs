@@ -89,6 +89,9 @@ pub enum StreamStatus {
 pub struct StreamState {
     pub id: StreamId,
     pub title: String,
+    /// The broadcaster who created it (`None` for auto-created streams).
+    #[serde(default)]
+    pub owner: Option<UserId>,
     pub status: StreamStatus,
     pub created_at: i64,
     pub started_at: Option<i64>,

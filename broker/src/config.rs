@@ -1,0 +1,80 @@
+//! Settings of a node: `[mqtt]`, `[ws]`, `[delivery]`.
+
+use serde::{Deserialize, Serialize};
+
+/// `[mqtt]` — the MQTT 3.1.1 TCP listener and limits shared by both listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    /// 0 picks a free port (the chosen one is logged and written to endpoints.json).
+    pub port: u16,
+    /// Open client connections per node (TCP + WebSocket), including unfinished handshakes.
+    pub max_connections: usize,
+    /// Largest MQTT packet a client may send, in bytes.
+    pub max_packet_size: usize,
+    /// Time a new connection has to send CONNECT (and finish the WebSocket handshake).
+    pub connect_timeout_ms: u64,
+    /// Router log segment size per topic filter, bytes; a viewer more than
+    /// `segment_size × segment_count` behind skips ahead (and catches up over HTTP).
+    pub segment_size: usize,
+    pub segment_count: usize,
+}
+
+/// `[ws]` — MQTT over WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// HTTP path of the upgrade request.
+    pub path: String,
+}
+
+/// `[delivery]` — how a node batches stream events into frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// A stream's events are coalesced for this long into one frame. The first event after a
+    /// quiet window goes out at once, so a lone comment is not delayed.
+    pub batch_window_ms: u64,
+    /// A frame is sent early when it holds this many events.
+    pub max_frame_events: usize,
+}
+
+/// Everything a node reads from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    pub mqtt: MqttConfig,
+    pub ws: WsConfig,
+    pub delivery: DeliveryConfig,
+}
+
+impl BrokerConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.mqtt.max_connections == 0 {
+            errors.push("mqtt.max_connections must be at least 1".into());
+        }
+        if self.mqtt.max_packet_size < 1024 {
+            errors.push("mqtt.max_packet_size must be at least 1024".into());
+        }
+        if self.mqtt.connect_timeout_ms == 0 {
+            errors.push("mqtt.connect_timeout_ms must be at least 1".into());
+        }
+        if self.mqtt.segment_size < 1024 || self.mqtt.segment_count == 0 {
+            errors.push("mqtt.segment_size must be >= 1024 and mqtt.segment_count >= 1".into());
+        }
+        if !self.ws.path.starts_with('/') {
+            errors.push("ws.path must start with '/'".into());
+        }
+        if self.ws.enabled && self.ws.port != 0 && self.ws.port == self.mqtt.port {
+            errors.push("ws.port and mqtt.port must differ".into());
+        }
+        if self.delivery.max_frame_events == 0 {
+            errors.push("delivery.max_frame_events must be at least 1".into());
+        }
+        errors
+    }
+}

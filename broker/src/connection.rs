@@ -1,0 +1,633 @@
+//! The gatekeeper: one task per client connection.
+//!
+//! Reads MQTT 3.1.1 packets with rumqttc's codec, applies the topic policy, turns posts into
+//! submissions, answers what it can itself (PINGREQ, PUBACK, inbox subscriptions) and passes
+//! only subscriptions for existing streams to the router. Router notifications (deliveries,
+//! SUBACKs) are written back with rumqttd's own v4 encoder.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet as CPacket, PubAck, PubComp, PubRec, Publish as CPublish,
+    SubAck as CSubAck, Subscribe as CSubscribe, SubscribeReasonCode as CCode, UnsubAck,
+    Unsubscribe as CUnsubscribe,
+};
+use rumqttc::mqttbytes::{Error as CodecError, Protocol as MqttVersion, QoS as CQoS};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    Disconnect as RDisconnect, DisconnectReasonCode, Filter as RFilter, Packet as RPacket,
+    Protocol as _, QoS as RQoS, RetainForwardRule, SubAck as RSubAck, Subscribe as RSubscribe,
+    SubscribeReasonCode as RCode, Unsubscribe as RUnsubscribe,
+};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use wire::auth::Identity;
+use wire::bus::{Author, Origin, Submission};
+use wire::inbox::{InboxMessage, RejectCode, Rejected};
+use wire::time::now_ms;
+use wire::topics::{self, ClientPublish, SubscribeTarget};
+
+use crate::registry::{Registry, SlotGuard};
+use crate::transport::Transport;
+use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
+
+/// How long a stream's existence is trusted from cache when a client subscribes.
+const STREAM_EXISTS_CACHE: Duration = Duration::from_secs(60);
+/// Write to the socket once this much is buffered, even mid-batch.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Inbox messages queued per connection before further ones are dropped.
+const INBOX_QUEUE: usize = 64;
+
+pub(crate) struct NodeCtx {
+    pub config: BrokerConfig,
+    pub deps: BrokerDeps,
+    pub broker: Arc<rumqttd::Broker>,
+    pub registry: Arc<Registry>,
+    pub shutdown: NodeShutdown,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Close {
+    #[error("peer closed the connection")]
+    PeerClosed,
+    #[error("peer sent DISCONNECT")]
+    PeerDisconnected,
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A publish or packet outside the policy.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("keep-alive expired")]
+    KeepAlive,
+    #[error("token expired")]
+    TokenExpired,
+    #[error("taken over by a new connection with the same client id")]
+    TakenOver,
+    #[error("router closed the session")]
+    Router,
+    #[error("node shutting down")]
+    Shutdown,
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve(mut transport: Transport, peer: SocketAddr, ctx: Arc<NodeCtx>) {
+    let mut read_buf = BytesMut::new();
+    let max = ctx.config.mqtt.max_packet_size;
+    let wait = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
+    let first = tokio::time::timeout(wait, read_packet(&mut transport, &mut read_buf, max)).await;
+    let connect = match first {
+        Ok(Ok(CPacket::Connect(c))) if c.protocol == MqttVersion::V4 => c,
+        Ok(Ok(CPacket::Connect(_))) | Ok(Err(Close::Protocol(_))) => {
+            // MQTT 5 or an unknown protocol level: say so in a 3.1.1 CONNACK.
+            refuse(&mut transport, ConnectReturnCode::RefusedProtocolVersion, "protocol").await;
+            return;
+        }
+        Ok(Ok(_)) => {
+            tracing::debug!(%peer, "first packet was not CONNECT");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, reason = %e, "connection ended before CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+
+    let password = connect
+        .login
+        .as_ref()
+        .map(|l| l.password.as_str())
+        .unwrap_or_default();
+    let identity = match ctx.deps.keys.verify(password) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(%peer, client_id = %connect.client_id, error = %e, "connection refused");
+            let code = if connect.login.is_none() {
+                ConnectReturnCode::NotAuthorized
+            } else {
+                ConnectReturnCode::BadUserNamePassword
+            };
+            refuse(&mut transport, code, "auth").await;
+            return;
+        }
+    };
+    if connect.last_will.is_some() {
+        // A will is a publish to a topic of the client's choosing: not allowed.
+        tracing::debug!(user = %identity.user, "ignoring the last will of a client");
+    }
+
+    let uid = ctx.registry.next_uid();
+    let kicked = ctx
+        .registry
+        .take_over(&identity.user, &connect.client_id, uid);
+    let slot = ctx.registry.acquire_slot();
+    let router_id = format!("c{}", slot.slot);
+    let broker = ctx.broker.clone();
+    let link = tokio::task::spawn_blocking(move || broker.link(&router_id)).await;
+    let (link_tx, link_rx) = match link {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "router refused a link");
+            ctx.registry
+                .leave(&identity.user, &connect.client_id, uid);
+            refuse(&mut transport, ConnectReturnCode::ServiceUnavailable, "router").await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "router link task failed");
+            ctx.registry
+                .leave(&identity.user, &connect.client_id, uid);
+            return;
+        }
+    };
+
+    let transport_name = transport.name();
+    let span = tracing::debug_span!(
+        "conn",
+        user = %identity.user,
+        client_id = %connect.client_id,
+        %peer,
+        transport = transport_name
+    );
+    let keepalive = (connect.keep_alive > 0)
+        .then(|| Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
+    let inbox_topic = topics::inbox(&identity.user);
+    let mut session = Session {
+        ctx: ctx.clone(),
+        identity,
+        client_id: connect.client_id,
+        uid,
+        transport,
+        read_buf,
+        out: BytesMut::new(),
+        link_tx,
+        link_rx,
+        slot: Some(slot),
+        inbox_tx,
+        inbox_topic,
+        inbox_subscribed: false,
+        pending_subacks: HashMap::new(),
+        unscheduled: false,
+        delivered: 0,
+    };
+    metrics::gauge!("livecomments_mqtt_connections", "transport" => transport_name).increment(1.0);
+    async move {
+        let reason = session.run(keepalive, inbox_rx, kicked).await;
+        tracing::debug!(%reason, "connection closed");
+        session.teardown().await;
+    }
+    .instrument(span)
+    .await;
+    metrics::gauge!("livecomments_mqtt_connections", "transport" => transport_name).decrement(1.0);
+}
+
+/// Reads one whole packet (used before the session exists).
+async fn read_packet(
+    transport: &mut Transport,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<CPacket, Close> {
+    loop {
+        match CPacket::read(buf, max) {
+            Ok(p) => return Ok(p),
+            Err(CodecError::InsufficientBytes(_)) => match transport.read(buf).await {
+                Ok(0) => return Err(Close::PeerClosed),
+                Ok(_) => {}
+                Err(e) => return Err(Close::Io(e)),
+            },
+            Err(e) => return Err(Close::Protocol(e.to_string())),
+        }
+    }
+}
+
+async fn refuse(transport: &mut Transport, code: ConnectReturnCode, reason: &'static str) {
+    metrics::counter!("livecomments_mqtt_connects_refused_total", "reason" => reason).increment(1);
+    let mut out = BytesMut::new();
+    if CPacket::ConnAck(ConnAck::new(code, false))
+        .write(&mut out, usize::MAX)
+        .is_ok()
+    {
+        let _ = transport.write_all(&out).await;
+    }
+    transport.close().await;
+}
+
+struct Session {
+    ctx: Arc<NodeCtx>,
+    identity: Identity,
+    /// As the client sent it (only for takeover; the router knows the slot name).
+    client_id: String,
+    uid: u64,
+    transport: Transport,
+    read_buf: BytesMut,
+    /// Bytes waiting to be written to the client.
+    out: BytesMut,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    slot: Option<SlotGuard>,
+    inbox_tx: mpsc::Sender<Bytes>,
+    inbox_topic: String,
+    inbox_subscribed: bool,
+    /// SUBACK codes decided locally, waiting for the router's codes of the other filters.
+    pending_subacks: HashMap<u16, Vec<Option<CCode>>>,
+    unscheduled: bool,
+    delivered: u64,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        keepalive: Option<Duration>,
+        mut inbox_rx: mpsc::Receiver<Bytes>,
+        kicked: CancellationToken,
+    ) -> Close {
+        if let Err(c) = self.write_packet(CPacket::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            false,
+        ))) {
+            return c;
+        }
+        if let Err(c) = self.flush().await {
+            return c;
+        }
+        let expires_in = Duration::from_secs(
+            self.identity
+                .exp
+                .saturating_sub((now_ms() / 1000).max(0) as u64),
+        );
+        let token_deadline = tokio::time::Instant::now() + expires_in;
+        let deadline_after_read = |now: tokio::time::Instant| match keepalive {
+            Some(k) => (now + k).min(token_deadline),
+            None => token_deadline,
+        };
+        let timer = tokio::time::sleep_until(deadline_after_read(tokio::time::Instant::now()));
+        tokio::pin!(timer);
+        let shutdown = self.ctx.shutdown.clone();
+        let mut reading = true;
+
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.close.cancelled() => Err(Close::Shutdown),
+                _ = kicked.cancelled() => Err(Close::TakenOver),
+                _ = shutdown.intake.cancelled(), if reading => {
+                    // Nothing new enters once intake stops; deliveries still go out.
+                    reading = false;
+                    Ok(())
+                }
+                _ = &mut timer => Err(if tokio::time::Instant::now() >= token_deadline {
+                    Close::TokenExpired
+                } else {
+                    Close::KeepAlive
+                }),
+                r = self.transport.read(&mut self.read_buf), if reading => match r {
+                    Ok(0) => Err(Close::PeerClosed),
+                    Ok(_) => {
+                        timer.as_mut().reset(deadline_after_read(tokio::time::Instant::now()));
+                        self.on_readable().await
+                    }
+                    Err(e) => Err(Close::Io(e)),
+                },
+                n = self.link_rx.next() => self.on_router(n).await,
+                Some(payload) = inbox_rx.recv() => {
+                    let mut r = self.write_inbox(payload);
+                    while r.is_ok() {
+                        match inbox_rx.try_recv() {
+                            Ok(p) => r = self.write_inbox(p),
+                            Err(_) => break,
+                        }
+                    }
+                    r
+                }
+            };
+            let step = match step {
+                Ok(()) => self.flush().await,
+                Err(c) => Err(c),
+            };
+            if let Err(close) = step {
+                return close;
+            }
+        }
+    }
+
+    /// Handles every complete packet in the read buffer.
+    async fn on_readable(&mut self) -> Result<(), Close> {
+        let max = self.ctx.config.mqtt.max_packet_size;
+        let mut to_router = Vec::new();
+        loop {
+            let packet = match CPacket::read(&mut self.read_buf, max) {
+                Ok(p) => p,
+                Err(CodecError::InsufficientBytes(_)) => break,
+                Err(e) => return Err(Close::Protocol(e.to_string())),
+            };
+            self.on_packet(packet, &mut to_router).await?;
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 64 * 1024 {
+            self.read_buf = BytesMut::new();
+        }
+        self.send_to_router(to_router).await
+    }
+
+    async fn on_packet(&mut self, packet: CPacket, to_router: &mut Vec<RPacket>) -> Result<(), Close> {
+        match packet {
+            CPacket::Publish(p) => self.on_publish(p),
+            CPacket::PubRel(r) => self.write_packet(CPacket::PubComp(PubComp::new(r.pkid))),
+            CPacket::Subscribe(s) => self.on_subscribe(s, to_router).await,
+            CPacket::Unsubscribe(u) => self.on_unsubscribe(u, to_router),
+            CPacket::PingReq => self.write_packet(CPacket::PingResp),
+            CPacket::Disconnect => Err(Close::PeerDisconnected),
+            // The router only sends QoS 0 here, so there is nothing for these to acknowledge.
+            CPacket::PubAck(_) | CPacket::PubRec(_) | CPacket::PubComp(_) => Ok(()),
+            other => Err(Close::Protocol(format!(
+                "unexpected packet from a client: {other:?}"
+            ))),
+        }
+    }
+
+    fn on_publish(&mut self, p: CPublish) -> Result<(), Close> {
+        let Some(ClientPublish::Post(stream)) = topics::parse_client_publish(&p.topic) else {
+            metrics::counter!("livecomments_publish_denied_total").increment(1);
+            tracing::warn!(topic = %p.topic, "publish outside the policy; closing");
+            return Err(Close::Forbidden(format!("publish to {}", p.topic)));
+        };
+        let submission = Submission {
+            stream,
+            author: Author::from(&self.identity),
+            payload: p.payload,
+            origin: Origin::Mqtt,
+            received_at_ms: now_ms(),
+        };
+        if let Err(e) = self.ctx.deps.bus.submit(submission.clone()) {
+            metrics::counter!("livecomments_submissions_refused_total").increment(1);
+            tracing::warn!(error = %e, "write path did not take a post");
+            if self.inbox_subscribed {
+                let reject = Rejected::new(
+                    client_msg_id(&submission.payload),
+                    RejectCode::Unavailable,
+                    "the service is overloaded; retry with the same client_msg_id",
+                )
+                .retry_after(1000);
+                self.write_inbox(InboxMessage::Reject(reject).to_bytes())?;
+            }
+        }
+        match p.qos {
+            CQoS::AtMostOnce => Ok(()),
+            CQoS::AtLeastOnce => self.write_packet(CPacket::PubAck(PubAck::new(p.pkid))),
+            CQoS::ExactlyOnce => self.write_packet(CPacket::PubRec(PubRec::new(p.pkid))),
+        }
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        s: CSubscribe,
+        to_router: &mut Vec<RPacket>,
+    ) -> Result<(), Close> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut routed = Vec::new();
+        for f in &s.filters {
+            let code = match topics::parse_subscribe(&f.path) {
+                Some(SubscribeTarget::Inbox(user)) if user == self.identity.user => {
+                    self.ctx
+                        .registry
+                        .subscribe_inbox(&user, self.uid, self.inbox_tx.clone());
+                    self.inbox_subscribed = true;
+                    Some(CCode::Success(CQoS::AtMostOnce))
+                }
+                Some(SubscribeTarget::Stream(stream)) if self.stream_exists(&stream).await => {
+                    routed.push(RFilter {
+                        path: f.path.clone(),
+                        // Live frames are QoS 0 whatever the client asks.
+                        qos: RQoS::AtMostOnce,
+                        nolocal: false,
+                        preserve_retain: false,
+                        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+                    });
+                    None
+                }
+                _ => {
+                    metrics::counter!("livecomments_subscribe_denied_total").increment(1);
+                    tracing::info!(filter = %f.path, "subscription refused");
+                    Some(CCode::Failure)
+                }
+            };
+            codes.push(code);
+        }
+        if routed.is_empty() {
+            let return_codes = codes.into_iter().map(|c| c.unwrap_or(CCode::Failure)).collect();
+            return self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, return_codes)));
+        }
+        self.pending_subacks.insert(s.pkid, codes);
+        to_router.push(RPacket::Subscribe(
+            RSubscribe {
+                pkid: s.pkid,
+                filters: routed,
+            },
+            None,
+        ));
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: CUnsubscribe, to_router: &mut Vec<RPacket>) -> Result<(), Close> {
+        let mut routed = Vec::new();
+        for f in u.topics {
+            match topics::parse_subscribe(&f) {
+                Some(SubscribeTarget::Inbox(user)) if user == self.identity.user => {
+                    self.ctx.registry.unsubscribe_inbox(&user, self.uid);
+                    self.inbox_subscribed = false;
+                }
+                Some(SubscribeTarget::Stream(_)) => routed.push(f),
+                _ => {}
+            }
+        }
+        if routed.is_empty() {
+            return self.write_packet(CPacket::UnsubAck(UnsubAck::new(u.pkid)));
+        }
+        to_router.push(RPacket::Unsubscribe(
+            RUnsubscribe {
+                pkid: u.pkid,
+                filters: routed,
+            },
+            None,
+        ));
+        Ok(())
+    }
+
+    async fn stream_exists(&self, stream: &wire::StreamId) -> bool {
+        if self.ctx.deps.auto_create_streams {
+            return true;
+        }
+        match self
+            .ctx
+            .deps
+            .streams
+            .get(stream, STREAM_EXISTS_CACHE)
+            .await
+        {
+            Ok(s) => s.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream lookup failed");
+                false
+            }
+        }
+    }
+
+    async fn send_to_router(&mut self, mut packets: Vec<RPacket>) -> Result<(), Close> {
+        let Some(last) = packets.pop() else {
+            return Ok(());
+        };
+        self.link_tx.buffer().extend(packets);
+        // `send` queues the last packet and wakes the router once for all of them.
+        self.link_tx.send(last).await.map_err(|_| Close::Router)?;
+        Ok(())
+    }
+
+    /// Writes out what the router has for this connection.
+    async fn on_router(&mut self, first: Result<Option<Notification>, LinkError>) -> Result<(), Close> {
+        let mut next = first;
+        loop {
+            match next {
+                Ok(Some(n)) => self.on_notification(n)?,
+                Ok(None) => {}
+                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => break,
+                Err(_) => return Err(Close::Router),
+            }
+            if self.out.len() >= WRITE_CHUNK {
+                self.flush().await?;
+            }
+            // Take whatever else is ready without waiting.
+            next = self.link_rx.recv_deadline(Instant::now());
+        }
+        if self.delivered > 0 {
+            metrics::counter!("livecomments_deliveries_total").increment(self.delivered);
+            self.delivered = 0;
+        }
+        if self.unscheduled {
+            self.flush().await?;
+            self.unscheduled = false;
+            self.link_rx.wake().await.map_err(|_| Close::Router)?;
+        }
+        Ok(())
+    }
+
+    fn on_notification(&mut self, n: Notification) -> Result<(), Close> {
+        match n {
+            Notification::Unschedule => {
+                self.unscheduled = true;
+                Ok(())
+            }
+            Notification::Disconnect(..) => Err(Close::Router),
+            Notification::Forward(f) => {
+                self.delivered += 1;
+                self.write_router(RPacket::Publish(f.publish, None))
+            }
+            other => {
+                let packet: Option<RPacket> = other.into();
+                match packet {
+                    Some(RPacket::SubAck(ack, _)) => self.on_router_suback(ack),
+                    Some(RPacket::UnsubAck(ack, _)) => self.write_router(RPacket::UnsubAck(ack, None)),
+                    // CONNACK was written by us; nothing else is expected.
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn on_router_suback(&mut self, ack: RSubAck) -> Result<(), Close> {
+        let Some(local) = self.pending_subacks.remove(&ack.pkid) else {
+            return Ok(());
+        };
+        let mut from_router = ack.return_codes.into_iter();
+        let return_codes = local
+            .into_iter()
+            .map(|c| match c {
+                Some(c) => c,
+                None => match from_router.next() {
+                    Some(RCode::QoS0 | RCode::Success(RQoS::AtMostOnce)) => {
+                        CCode::Success(CQoS::AtMostOnce)
+                    }
+                    Some(RCode::QoS1 | RCode::Success(RQoS::AtLeastOnce)) => {
+                        CCode::Success(CQoS::AtLeastOnce)
+                    }
+                    Some(RCode::QoS2 | RCode::Success(RQoS::ExactlyOnce)) => {
+                        CCode::Success(CQoS::ExactlyOnce)
+                    }
+                    _ => CCode::Failure,
+                },
+            })
+            .collect();
+        self.write_packet(CPacket::SubAck(CSubAck::new(ack.pkid, return_codes)))
+    }
+
+    fn write_inbox(&mut self, payload: Bytes) -> Result<(), Close> {
+        let publish = CPublish::from_bytes(self.inbox_topic.clone(), CQoS::AtMostOnce, payload);
+        self.write_packet(CPacket::Publish(publish))
+    }
+
+    fn write_packet(&mut self, p: CPacket) -> Result<(), Close> {
+        p.write(&mut self.out, usize::MAX)
+            .map(|_| ())
+            .map_err(|e| Close::Protocol(e.to_string()))
+    }
+
+    fn write_router(&mut self, p: RPacket) -> Result<(), Close> {
+        V4.write(p, &mut self.out)
+            .map(|_| ())
+            .map_err(|e| Close::Protocol(e.to_string()))
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.transport
+            .write_all(&self.out)
+            .await
+            .map_err(Close::Io)?;
+        if self.out.capacity() > 64 * 1024 {
+            self.out = BytesMut::new();
+        } else {
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn teardown(&mut self) {
+        let reg = &self.ctx.registry;
+        if self.inbox_subscribed {
+            reg.unsubscribe_inbox(&self.identity.user, self.uid);
+        }
+        reg.leave(&self.identity.user, &self.client_id, self.uid);
+        // Tell the router this session is gone before its slot can be reused.
+        let bye = RPacket::Disconnect(
+            RDisconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        let _ = self.link_tx.send(bye).await;
+        self.slot = None;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close()).await;
+    }
+}
+
+/// Best-effort extraction of `client_msg_id` for answers produced before validation.
+fn client_msg_id(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("client_msg_id")?
+        .as_str()
+        .map(str::to_owned)
+}

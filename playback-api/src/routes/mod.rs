@@ -1,0 +1,5 @@
+//! One module per resource, each returning a `Router<AppState>`.
+
+pub mod comments;
+pub mod ops;
+pub mod streams;

@@ -1,0 +1,176 @@
+//! `livecomments up`: every component in one process, started and stopped in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bridge::store::EmbeddedStore;
+use bridge::{Bridge, BridgeDeps};
+use broker::{BrokerDeps, Node, NodeShutdown};
+use playback_api::AppState;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wire::auth::JwtKeys;
+use wire::bus::{Bus, Delivery, MemoryBus};
+use wire::store::Store;
+use wire::streams::StreamDirectory;
+
+use crate::config::{AppConfig, BusBackend, StoreBackend};
+use crate::keys::load_or_create_secret;
+use crate::telemetry;
+
+/// Where a running system listens; also written to `data_dir/endpoints.json`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Endpoints {
+    pub mqtt: SocketAddr,
+    pub ws: Option<SocketAddr>,
+    pub http: SocketAddr,
+}
+
+/// A running system.
+pub struct Running {
+    pub endpoints: Endpoints,
+    pub keys: JwtKeys,
+    node: Node,
+    node_shutdown: NodeShutdown,
+    http: JoinHandle<()>,
+    bridge_stop: CancellationToken,
+    bridge: JoinHandle<()>,
+    moderation_stop: CancellationToken,
+    moderation: JoinHandle<()>,
+    store: Arc<dyn Store>,
+}
+
+/// Starts broker node, write path, moderation hooks and HTTP API in this process.
+pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
+    let secret = load_or_create_secret(&config)?;
+    let keys = JwtKeys::new(&secret);
+    let metrics = telemetry::metrics();
+
+    let store: Arc<dyn Store> = match config.store.backend {
+        StoreBackend::Embedded => {
+            let path = config.store_path();
+            let store = EmbeddedStore::open(&path)
+                .with_context(|| format!("opening the store at {}", path.display()))?;
+            tracing::info!(path = %path.display(), "embedded store open");
+            Arc::new(store)
+        }
+    };
+    let bus: Arc<dyn Bus> = match config.bus.backend {
+        BusBackend::Memory => Arc::new(MemoryBus::new(config.bus.queue_capacity)),
+    };
+    let streams = StreamDirectory::new(store.clone());
+
+    let moderation = Arc::new(moderation::Moderation::new());
+    let moderation_stop = CancellationToken::new();
+    let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(4096);
+    let moderation_task = tokio::spawn(moderation::run(accepted_rx, moderation_stop.clone()));
+
+    let bridge_stop = CancellationToken::new();
+    let (bridge, bridge_task) = Bridge::start(
+        config.bridge.clone(),
+        BridgeDeps {
+            store: store.clone(),
+            bus: bus.clone(),
+            streams: streams.clone(),
+            moderation,
+            accepted: Some(accepted_tx),
+        },
+        bridge_stop.clone(),
+    )?;
+
+    let node_shutdown = NodeShutdown::default();
+    let node = Node::start(
+        config.broker(),
+        BrokerDeps {
+            bus: bus.clone(),
+            keys: keys.clone(),
+            streams: streams.clone(),
+            auto_create_streams: config.bridge.auto_create_streams,
+        },
+        node_shutdown.clone(),
+    )
+    .await?;
+
+    // Retained stream states live in the router's memory: publish them again after a start.
+    for s in store.list_streams().await? {
+        bus.deliver(Delivery::stream_state(&s)).await?;
+    }
+
+    let (http_addr, http) = playback_api::run(
+        &config.http,
+        AppState {
+            streams,
+            ingest: Arc::new(bridge),
+            bus,
+            keys: keys.clone(),
+            metrics,
+            max_page: config.http.max_page,
+        },
+        node_shutdown.intake.clone(),
+    )
+    .await?;
+
+    let endpoints = Endpoints {
+        mqtt: node.mqtt_addr,
+        ws: node.ws_addr,
+        http: http_addr,
+    };
+    write_endpoints(&config, &endpoints)?;
+    tracing::info!(
+        mqtt = %endpoints.mqtt,
+        ws = ?endpoints.ws,
+        http = %endpoints.http,
+        "livecomments is up"
+    );
+    Ok(Running {
+        endpoints,
+        keys,
+        node,
+        node_shutdown,
+        http,
+        bridge_stop,
+        bridge: bridge_task,
+        moderation_stop,
+        moderation: moderation_task,
+        store,
+    })
+}
+
+fn write_endpoints(config: &AppConfig, endpoints: &Endpoints) -> anyhow::Result<()> {
+    let path = config.data_path("endpoints.json");
+    let tmp = config.data_path("endpoints.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(endpoints)?)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+impl Running {
+    /// Stops in an order that loses nothing: stop intake (listeners, client reads, HTTP), let
+    /// the write path store and answer everything already accepted, publish what is queued,
+    /// then close client connections.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        self.node_shutdown.intake.cancel();
+        let _ = self.http.await;
+        self.bridge_stop.cancel();
+        let _ = self.bridge.await;
+        self.moderation_stop.cancel();
+        let _ = self.moderation.await;
+        self.node_shutdown.relay.cancel();
+        self.node.relay_finished().await;
+        // Give connections a moment to write the last frames and answers.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.node_shutdown.close.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.node.connections_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 5 s");
+        }
+        drop(self.store);
+        tracing::info!("stopped");
+    }
+}
