@@ -41,6 +41,9 @@ pub struct DeliveryConfig {
     pub batch_window_ms: u64,
     /// A frame is sent early when it holds this many events.
     pub max_frame_events: usize,
+    /// Frames are split to stay under this many bytes (a single larger event still goes out
+    /// alone). Many MQTT clients refuse large packets (rumqttc: 10 KiB by default).
+    pub max_frame_bytes: usize,
 }
 
 /// Everything a node reads from the configuration.
@@ -74,6 +77,9 @@ impl BrokerConfig {
         }
         if self.delivery.max_frame_events == 0 {
             errors.push("delivery.max_frame_events must be at least 1".into());
+        }
+        if self.delivery.max_frame_bytes < 1024 {
+            errors.push("delivery.max_frame_bytes must be at least 1024".into());
         }
         errors
     }

@@ -27,6 +27,8 @@ use crate::DeliveryConfig;
 
 /// Deliveries taken from the queue in one go before frames are decided.
 const DRAIN: usize = 4096;
+/// Bytes of `{"v":1,"events":[]}` around the events.
+const FRAME_OVERHEAD: usize = 19;
 
 #[derive(Default)]
 struct Pending {
@@ -43,6 +45,7 @@ struct Relay {
     registry: Arc<Registry>,
     window: Duration,
     max_frame_events: usize,
+    max_frame_bytes: usize,
     streams: HashMap<StreamId, Pending>,
     timers: BinaryHeap<Reverse<(Instant, StreamId)>>,
     touched: Vec<StreamId>,
@@ -63,6 +66,7 @@ pub(crate) async fn run(
         registry,
         window: Duration::from_millis(config.batch_window_ms),
         max_frame_events: config.max_frame_events,
+        max_frame_bytes: config.max_frame_bytes,
         streams: HashMap::new(),
         timers: BinaryHeap::new(),
         touched: Vec::new(),
@@ -206,9 +210,22 @@ impl Relay {
         let events = std::mem::take(&mut p.events);
         let received = std::mem::take(&mut p.received_at_ms);
         let now = now_ms();
-        for chunk in events.chunks(self.max_frame_events) {
-            let frame = encode_frame(chunk);
-            if let Err(e) = self.link.publish(topics::comments(stream), frame) {
+        let topic = topics::comments(stream);
+        let mut start = 0;
+        while start < events.len() {
+            // Fill a frame up to the event and byte caps (at least one event per frame).
+            let mut end = start + 1;
+            let mut bytes = FRAME_OVERHEAD + events[start].len();
+            while end < events.len()
+                && end - start < self.max_frame_events
+                && bytes + 1 + events[end].len() <= self.max_frame_bytes
+            {
+                bytes += 1 + events[end].len();
+                end += 1;
+            }
+            let frame = encode_frame(&events[start..end]);
+            start = end;
+            if let Err(e) = self.link.publish(topic.clone(), frame) {
                 tracing::error!(error = %e, "publishing a frame failed");
                 return;
             }
