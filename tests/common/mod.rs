@@ -164,6 +164,8 @@ pub enum Seen {
 pub struct Client {
     pub client: AsyncClient,
     events: mpsc::UnboundedReceiver<Seen>,
+    /// Packets that arrived while a helper waited for something else, in order.
+    stash: std::collections::VecDeque<Seen>,
 }
 
 impl Client {
@@ -180,7 +182,11 @@ impl Client {
         }
         let (tx, events) = mpsc::unbounded_channel();
         tokio::spawn(pump(eventloop, tx));
-        Ok(Client { client, events })
+        Ok(Client {
+            client,
+            events,
+            stash: Default::default(),
+        })
     }
 
     pub async fn must(options: MqttOptions) -> Client {
@@ -194,14 +200,17 @@ impl Client {
             .await
             .expect("queue subscribe");
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let mut skipped = Vec::new();
+        let codes = loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Seen::Packet(Packet::SubAck(ack)))) => return ack.return_codes,
+                Ok(Some(Seen::Packet(Packet::SubAck(ack)))) => break ack.return_codes,
                 Ok(Some(Seen::Closed(e))) => panic!("closed while subscribing to {filter}: {e}"),
-                Ok(Some(_)) => continue,
+                Ok(Some(other)) => skipped.push(other),
                 Ok(None) | Err(_) => panic!("no SUBACK for {filter}"),
             }
-        }
+        };
+        self.stash.extend(skipped);
+        codes
     }
 
     pub async fn post(&self, stream: &str, payload: impl Into<Vec<u8>>) {
@@ -216,11 +225,27 @@ impl Client {
         self.post(stream, body.to_string()).await;
     }
 
+    /// The next event, stashed ones first.
+    async fn recv(&mut self) -> Option<Seen> {
+        match self.stash.pop_front() {
+            Some(s) => Some(s),
+            None => self.events.recv().await,
+        }
+    }
+
+    /// The next packet received, or `None` after `wait` or when closed.
+    pub async fn next_packet(&mut self, wait: Duration) -> Option<Packet> {
+        match tokio::time::timeout(wait, self.recv()).await {
+            Ok(Some(Seen::Packet(p))) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The next PUBLISH received, or `None` after `wait`.
     pub async fn next_publish(&mut self, wait: Duration) -> Option<(String, Bytes)> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
                 Ok(Some(Seen::Packet(Packet::Publish(p)))) => return Some((p.topic, p.payload)),
                 Ok(Some(Seen::Closed(_))) | Ok(None) | Err(_) => return None,
                 Ok(Some(_)) => continue,
@@ -274,31 +299,12 @@ impl Client {
     pub async fn closed_within(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
                 Ok(Some(Seen::Closed(_))) | Ok(None) => return true,
                 Ok(Some(_)) => continue,
                 Err(_) => return false,
             }
         }
-    }
-
-    /// True while the connection answers a ping round trip.
-    pub async fn alive(&mut self, stream_for_probe: &str) -> bool {
-        // A subscription round trip proves the session is still served.
-        self.client
-            .subscribe(format!("streams/{stream_for_probe}/state"), QoS::AtMostOnce)
-            .await
-            .is_ok()
-            && {
-                let deadline = tokio::time::Instant::now() + WAIT;
-                loop {
-                    match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                        Ok(Some(Seen::Packet(Packet::SubAck(_)))) => break true,
-                        Ok(Some(Seen::Closed(_))) | Ok(None) | Err(_) => break false,
-                        Ok(Some(_)) => continue,
-                    }
-                }
-            }
     }
 }
 
