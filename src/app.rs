@@ -52,7 +52,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     let store: Arc<dyn Store> = match config.store.backend {
         StoreBackend::Embedded => {
             let path = config.store_path();
-            let store = EmbeddedStore::open(&path)
+            let store = EmbeddedStore::open(&path, config.store.quick_repair)
                 .with_context(|| format!("opening the store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "embedded store open");
             Arc::new(store)

@@ -50,6 +50,8 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// Relative paths are inside `data_dir`.
     pub path: PathBuf,
+    /// Instant reopen after a crash at the cost of a second fsync per commit.
+    pub quick_repair: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
