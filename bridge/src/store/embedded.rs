@@ -43,6 +43,7 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    quick_repair: bool,
 }
 
 impl EmbeddedStore {
@@ -55,11 +56,8 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Database::builder()
-            .set_quick_repair(quick_repair)
-            .create(path)
-            .map_err(backend)?;
-        let tx = db.begin_write().map_err(backend)?;
+        let db = Database::create(path).map_err(backend)?;
+        let tx = begin_write(&db, quick_repair)?;
         {
             tx.open_table(STREAMS).map_err(backend)?;
             tx.open_table(COMMENTS).map_err(backend)?;
@@ -68,7 +66,10 @@ impl EmbeddedStore {
             tx.open_table(COMMENT_IDS).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            quick_repair,
+        })
     }
 
     /// Runs blocking database work off the async runtime.
@@ -83,14 +84,27 @@ impl EmbeddedStore {
     }
 }
 
+/// A durable write transaction (redb's default `Durability::Immediate`: `commit()` returns
+/// after fsync).
+fn begin_write(db: &Database, quick_repair: bool) -> Result<redb::WriteTransaction, StoreError> {
+    let mut tx = db.begin_write().map_err(backend)?;
+    tx.set_quick_repair(quick_repair);
+    Ok(tx)
+}
+
 fn decode_comment(bytes: &[u8]) -> Result<Comment, StoreError> {
     let stored: StoredComment = serde_json::from_slice(bytes).map_err(corrupt)?;
     Ok(stored.comment)
 }
 
-fn put_stream_tx(db: &Database, state: &StreamState, only_if_new: bool) -> Result<bool, StoreError> {
+fn put_stream_tx(
+    db: &Database,
+    quick_repair: bool,
+    state: &StreamState,
+    only_if_new: bool,
+) -> Result<bool, StoreError> {
     let json = serde_json::to_vec(state).map_err(corrupt)?;
-    let tx = db.begin_write().map_err(backend)?;
+    let tx = begin_write(db, quick_repair)?;
     {
         let mut t = tx.open_table(STREAMS).map_err(backend)?;
         if only_if_new && t.get(state.id.as_str()).map_err(backend)?.is_some() {
@@ -105,14 +119,14 @@ fn put_stream_tx(db: &Database, state: &StreamState, only_if_new: bool) -> Resul
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn create_stream(&self, stream: &StreamState) -> Result<bool, StoreError> {
-        let stream = stream.clone();
-        self.blocking(move |db| put_stream_tx(db, &stream, true))
+        let (stream, qr) = (stream.clone(), self.quick_repair);
+        self.blocking(move |db| put_stream_tx(db, qr, &stream, true))
             .await
     }
 
     async fn put_stream(&self, stream: &StreamState) -> Result<(), StoreError> {
-        let stream = stream.clone();
-        self.blocking(move |db| put_stream_tx(db, &stream, false).map(|_| ()))
+        let (stream, qr) = (stream.clone(), self.quick_repair);
+        self.blocking(move |db| put_stream_tx(db, qr, &stream, false).map(|_| ()))
             .await
     }
 
@@ -194,9 +208,9 @@ impl Store for EmbeddedStore {
         for c in batch {
             rows.push((c.clone(), serde_json::to_vec(c).map_err(corrupt)?));
         }
+        let qr = self.quick_repair;
         self.blocking(move |db| {
-            // Durability::Immediate (redb's default): commit() returns after fsync.
-            let tx = db.begin_write().map_err(backend)?;
+            let tx = begin_write(db, qr)?;
             {
                 let mut comments = tx.open_table(COMMENTS).map_err(backend)?;
                 let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
