@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use broker::{DeliveryConfig, MqttConfig, WsConfig};
 use bridge::BridgeConfig;
+use broker::{DeliveryConfig, MqttConfig, WsConfig};
 use config::{Environment, File, FileFormat};
 use playback_api::HttpConfig;
 use serde::{Deserialize, Serialize};

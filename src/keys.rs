@@ -71,6 +71,9 @@ mod tests {
         c.data_dir = other.path().to_path_buf();
         assert_ne!(load_or_create_secret(&c).unwrap(), a, "keys are random");
         c.auth.jwt_secret = "x".repeat(40);
-        assert_eq!(load_or_create_secret(&c).unwrap(), "x".repeat(40).into_bytes());
+        assert_eq!(
+            load_or_create_secret(&c).unwrap(),
+            "x".repeat(40).into_bytes()
+        );
     }
 }

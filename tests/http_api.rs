@@ -30,7 +30,12 @@ async fn stream_lifecycle_is_role_checked() {
             .json(&body)
     };
 
-    let (s, v, _) = send(sys.http.post(sys.url("/v1/streams")).json(&json!({"id":"s1"}))).await;
+    let (s, v, _) = send(
+        sys.http
+            .post(sys.url("/v1/streams"))
+            .json(&json!({"id":"s1"})),
+    )
+    .await;
     assert_eq!((s, v["code"].as_str()), (401, Some("unauthorized")));
     let (s, v, _) = send(create(&viewer, json!({"id":"s1"}))).await;
     assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")));
@@ -53,7 +58,11 @@ async fn stream_lifecycle_is_role_checked() {
             .bearer_auth(token)
     };
     assert_eq!(send(action(&viewer, "start")).await.0, 403);
-    assert_eq!(send(action(&carl, "start")).await.0, 403, "not carl's stream");
+    assert_eq!(
+        send(action(&carl, "start")).await.0,
+        403,
+        "not carl's stream"
+    );
     let (s, v, _) = send(action(&bob, "start")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("live")));
     assert!(v["started_at"].as_i64().is_some());
@@ -86,26 +95,53 @@ async fn posting_over_http_answers_with_status_codes() {
     let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
     viewer.subscribe("streams/s1/comments").await;
 
-    let (s, v, _) = send(post("s1", r#"{"text":"hi","client_msg_id":"h1"}"#, Some(&ann))).await;
+    let (s, v, _) = send(post(
+        "s1",
+        r#"{"text":"hi","client_msg_id":"h1"}"#,
+        Some(&ann),
+    ))
+    .await;
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["seq"], 1);
     assert_eq!(v["client_msg_id"], "h1");
     let (events, _) = viewer.comments("s1", 1, WAIT).await;
-    assert_eq!(events[0]["id"], v["id"], "an HTTP post is delivered live too");
+    assert_eq!(
+        events[0]["id"], v["id"],
+        "an HTTP post is delivered live too"
+    );
 
     let (s, v, _) = send(post("s1", r#"{"text":"hi","client_msg_id":"h1"}"#, None)).await;
     assert_eq!((s, v["code"].as_str()), (401, Some("unauthorized")));
-    let (s, v, _) = send(post("s1", r#"{"text":" ","client_msg_id":"h2"}"#, Some(&ann))).await;
+    let (s, v, _) = send(post(
+        "s1",
+        r#"{"text":" ","client_msg_id":"h2"}"#,
+        Some(&ann),
+    ))
+    .await;
     assert_eq!((s, v["code"].as_str()), (400, Some("empty")));
     let (s, v, _) = send(post("s1", "not json", Some(&ann))).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("invalid")));
-    let (s, v, _) = send(post("nope", r#"{"text":"x","client_msg_id":"h3"}"#, Some(&ann))).await;
+    let (s, v, _) = send(post(
+        "nope",
+        r#"{"text":"x","client_msg_id":"h3"}"#,
+        Some(&ann),
+    ))
+    .await;
     assert_eq!((s, v["code"].as_str()), (404, Some("stream_not_live")));
 
-    let (s, _, _) = send(post("s1", r#"{"text":"two","client_msg_id":"h4"}"#, Some(&ann))).await;
+    let (s, _, _) = send(post(
+        "s1",
+        r#"{"text":"two","client_msg_id":"h4"}"#,
+        Some(&ann),
+    ))
+    .await;
     assert_eq!(s, 202);
-    let (s, v, headers) =
-        send(post("s1", r#"{"text":"three","client_msg_id":"h5"}"#, Some(&ann))).await;
+    let (s, v, headers) = send(post(
+        "s1",
+        r#"{"text":"three","client_msg_id":"h5"}"#,
+        Some(&ann),
+    ))
+    .await;
     assert_eq!((s, v["code"].as_str()), (429, Some("rate_limited")));
     assert!(v["retry_after_ms"].as_u64().unwrap() > 0);
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -132,7 +168,10 @@ async fn replay_windows_and_catch_up_page_through_everything_in_order() {
     }
     let all = sys.stored("s1").await;
     assert_eq!(seqs(&all), (1..=12).collect::<Vec<_>>());
-    let offsets: Vec<u64> = all.iter().map(|c| c["offset_ms"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = all
+        .iter()
+        .map(|c| c["offset_ms"].as_u64().unwrap())
+        .collect();
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
 
     // Page through the whole recording three at a time.
@@ -169,16 +208,22 @@ async fn replay_windows_and_catch_up_page_through_everything_in_order() {
         .collect();
     assert!(!expected.is_empty());
     assert_eq!(seqs(page["comments"].as_array().unwrap()), expected);
-    let (_, later) = sys.get_json("/v1/streams/s1/comments?start_time=3600").await;
+    let (_, later) = sys
+        .get_json("/v1/streams/s1/comments?start_time=3600")
+        .await;
     assert!(later["comments"].as_array().unwrap().is_empty());
 
     // Catch-up after a seq, paged.
-    let (s, page) = sys.get_json("/v1/streams/s1/comments?after_seq=5&limit=4").await;
+    let (s, page) = sys
+        .get_json("/v1/streams/s1/comments?after_seq=5&limit=4")
+        .await;
     assert_eq!(s, 200);
     assert_eq!(seqs(page["comments"].as_array().unwrap()), vec![6, 7, 8, 9]);
     let t = page["next_token"].as_str().unwrap();
     let (_, page) = sys
-        .get_json(&format!("/v1/streams/s1/comments?after_seq=5&limit=4&pagination_token={t}"))
+        .get_json(&format!(
+            "/v1/streams/s1/comments?after_seq=5&limit=4&pagination_token={t}"
+        ))
         .await;
     assert_eq!(seqs(page["comments"].as_array().unwrap()), vec![10, 11, 12]);
     assert!(page["next_token"].is_null());
@@ -195,7 +240,11 @@ async fn replay_windows_and_catch_up_page_through_everything_in_order() {
         "/v1/streams/s1/comments?after_seq=0&unknown=1",
     ] {
         let (s, v) = sys.get_json(bad).await;
-        assert_eq!((s, v["code"].as_str()), (400, Some("invalid")), "{bad}: {v}");
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("invalid")),
+            "{bad}: {v}"
+        );
     }
     let (s, _) = sys.get_json("/v1/streams/nope/comments?after_seq=0").await;
     assert_eq!(s, 404);

@@ -113,7 +113,9 @@ async fn the_rate_limit_rejects_with_retry_after_but_retries_still_get_their_ack
     poster.subscribe("users/ann/inbox").await;
     let mut acks = Vec::new();
     for i in 0..3 {
-        poster.post_text("s1", &format!("c{i}"), &format!("m{i}")).await;
+        poster
+            .post_text("s1", &format!("c{i}"), &format!("m{i}"))
+            .await;
         let a = poster.inbox("ann").await;
         assert_eq!(a["type"], "ack", "{a}");
         acks.push(a);
@@ -156,7 +158,8 @@ async fn seq_strictly_increases_and_viewers_see_seq_order() {
     }
     let sends = posters.iter().enumerate().map(|(p, c)| async move {
         for i in 0..EACH {
-            c.post_text("s1", &format!("{p}-{i}"), &format!("{p}-{i}")).await;
+            c.post_text("s1", &format!("{p}-{i}"), &format!("{p}-{i}"))
+                .await;
         }
     });
     futures_util::future::join_all(sends).await;
@@ -204,7 +207,9 @@ async fn frames_coalesce_a_burst_but_a_lone_comment_goes_out_at_once() {
     // A burst inside one window becomes a few frames, not one per comment.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for i in 0..20 {
-        poster.post_text("s1", &format!("b{i}"), &format!("b{i}")).await;
+        poster
+            .post_text("s1", &format!("b{i}"), &format!("b{i}"))
+            .await;
     }
     let (events, frames) = viewer.comments("s1", 20, WAIT).await;
     assert_eq!(events.len(), 20);

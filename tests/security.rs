@@ -28,7 +28,10 @@ async fn publishing_outside_the_policy_closes_the_connection_and_reaches_nobody(
     let forged = r#"{"v":1,"events":[{"type":"comment","id":"x","seq":999,"text":"forged"}]}"#;
     for (topic, payload) in [
         ("streams/s1/comments", forged.as_bytes().to_vec()),
-        ("users/vic/inbox", br#"{"type":"ack","id":"x","seq":1}"#.to_vec()),
+        (
+            "users/vic/inbox",
+            br#"{"type":"ack","id":"x","seq":1}"#.to_vec(),
+        ),
         ("streams/s1/state", Vec::new()),
         ("streams/s1/comments", Vec::new()),
         ("anything/else", b"x".to_vec()),
@@ -55,7 +58,10 @@ async fn publishing_outside_the_policy_closes_the_connection_and_reaches_nobody(
     // The retained state survived the empty payloads.
     let mut late = Client::must(sys.tcp("late", &sys.token("late", Role::Viewer))).await;
     late.subscribe("streams/s1/state").await;
-    let state = late.next_on("streams/s1/state", WAIT).await.expect("retained state");
+    let state = late
+        .next_on("streams/s1/state", WAIT)
+        .await
+        .expect("retained state");
     assert_eq!(state["status"], "live");
     assert_eq!(state["id"], "s1");
 
@@ -90,7 +96,12 @@ async fn subscriptions_stay_inside_one_stream_and_the_own_inbox() {
         let codes = eve.subscribe(filter).await;
         assert_eq!(codes, vec![SubscribeReasonCode::Failure], "{filter}");
     }
-    for filter in ["streams/s1/comments", "streams/s1/#", "streams/s1/+", "users/eve/inbox"] {
+    for filter in [
+        "streams/s1/comments",
+        "streams/s1/#",
+        "streams/s1/+",
+        "users/eve/inbox",
+    ] {
         assert!(granted(&eve.subscribe(filter).await), "{filter}");
     }
 
@@ -114,7 +125,12 @@ async fn subscriptions_stay_inside_one_stream_and_the_own_inbox() {
     let ok = SubscribeReasonCode::Success(QoS::AtMostOnce);
     assert_eq!(
         codes.unwrap(),
-        vec![SubscribeReasonCode::Failure, ok, SubscribeReasonCode::Failure, ok]
+        vec![
+            SubscribeReasonCode::Failure,
+            ok,
+            SubscribeReasonCode::Failure,
+            ok
+        ]
     );
 
     // Bob's answers never reach eve.
@@ -137,12 +153,14 @@ async fn wrong_expired_unsigned_and_missing_tokens_are_refused() {
     let other_key = JwtKeys::new(b"a different secret of 32+ bytes!!");
     let now = wire::time::now_ms() / 1000;
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let body = URL_SAFE_NO_PAD.encode(
-        format!(r#"{{"sub":"eve","role":"admin","exp":{}}}"#, now + 3600).as_bytes(),
-    );
+    let body = URL_SAFE_NO_PAD
+        .encode(format!(r#"{{"sub":"eve","role":"admin","exp":{}}}"#, now + 3600).as_bytes());
     let unsigned = format!("{header}.{body}.");
     let cases = [
-        ("wrong key", token_with(&other_key, "eve", Role::Admin, 3600)),
+        (
+            "wrong key",
+            token_with(&other_key, "eve", Role::Admin, 3600),
+        ),
         ("expired", token_with(sys.keys(), "eve", Role::Admin, -120)),
         ("alg none", unsigned),
         ("garbage", "not-a-jwt".to_string()),
@@ -215,7 +233,10 @@ async fn equal_client_ids_of_different_users_do_not_kick_each_other_and_nobody_k
 
     // The same user with the same client id takes over (MQTT semantics) — only that one.
     let mut alice2 = Client::must(sys.tcp("phone", &sys.token("alice", Role::Viewer))).await;
-    assert!(alice.closed_within(WAIT).await, "the older alice session is replaced");
+    assert!(
+        alice.closed_within(WAIT).await,
+        "the older alice session is replaced"
+    );
     assert!(granted(&alice2.subscribe("streams/s1/comments").await));
     poster.post_text("s1", "again", "m2").await;
     for c in [&mut bob, &mut alice2, &mut relay_name] {

@@ -22,18 +22,34 @@ async fn bad_posts_are_rejected_with_their_code_and_nothing_is_stored() {
 
     let too_long = "x".repeat(21);
     let cases: Vec<(Vec<u8>, &str, Option<&str>)> = vec![
-        (br#"{"text":"","client_msg_id":"a"}"#.to_vec(), "empty", Some("a")),
-        (br#"{"text":"   ","client_msg_id":"b"}"#.to_vec(), "empty", Some("b")),
+        (
+            br#"{"text":"","client_msg_id":"a"}"#.to_vec(),
+            "empty",
+            Some("a"),
+        ),
+        (
+            br#"{"text":"   ","client_msg_id":"b"}"#.to_vec(),
+            "empty",
+            Some("b"),
+        ),
         (
             format!(r#"{{"text":"{too_long}","client_msg_id":"c"}}"#).into_bytes(),
             "too_long",
             Some("c"),
         ),
         (b"\xff\xfe\xfd".to_vec(), "invalid", None),
-        (br#"{"text":"bell\u0007","client_msg_id":"d"}"#.to_vec(), "invalid", Some("d")),
+        (
+            br#"{"text":"bell\u0007","client_msg_id":"d"}"#.to_vec(),
+            "invalid",
+            Some("d"),
+        ),
         (b"{not json".to_vec(), "invalid", None),
         (br#"{"text":"no id"}"#.to_vec(), "invalid", None),
-        (br#"{"text":42,"client_msg_id":"e"}"#.to_vec(), "invalid", Some("e")),
+        (
+            br#"{"text":42,"client_msg_id":"e"}"#.to_vec(),
+            "invalid",
+            Some("e"),
+        ),
         (Vec::new(), "invalid", None),
     ];
     for (payload, code, id) in cases {

@@ -167,8 +167,12 @@ impl Ingest for Bridge {
     async fn submit(&self, submission: Submission) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let unavailable = || {
-            Rejected::new(None, RejectCode::Unavailable, "the write path is overloaded")
-                .retry_after(1000)
+            Rejected::new(
+                None,
+                RejectCode::Unavailable,
+                "the write path is overloaded",
+            )
+            .retry_after(1000)
         };
         let job = Job {
             submission,

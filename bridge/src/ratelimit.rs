@@ -61,7 +61,10 @@ mod tests {
             assert!(rl.check(&u).is_ok());
         }
         let wait = rl.check(&u).unwrap_err();
-        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(rl.check(&other).is_ok(), "limits are per user");
     }
 

@@ -28,21 +28,43 @@ fn reject(id: &Option<String>, code: RejectCode, message: impl Into<String>) -> 
 pub fn parse_post(payload: &[u8], max_chars: usize) -> Result<Post, Rejected> {
     let none = None;
     let Ok(body) = std::str::from_utf8(payload) else {
-        return Err(reject(&none, RejectCode::Invalid, "payload is not valid UTF-8"));
+        return Err(reject(
+            &none,
+            RejectCode::Invalid,
+            "payload is not valid UTF-8",
+        ));
     };
     let Ok(value) = serde_json::from_str::<Value>(body) else {
-        return Err(reject(&none, RejectCode::Invalid, "payload is not valid JSON"));
+        return Err(reject(
+            &none,
+            RejectCode::Invalid,
+            "payload is not valid JSON",
+        ));
     };
     let Value::Object(mut obj) = value else {
-        return Err(reject(&none, RejectCode::Invalid, "payload must be a JSON object"));
+        return Err(reject(
+            &none,
+            RejectCode::Invalid,
+            "payload must be a JSON object",
+        ));
     };
 
     let client_msg_id = match obj.remove("client_msg_id") {
         Some(Value::String(id)) => id,
         Some(_) => {
-            return Err(reject(&none, RejectCode::Invalid, "client_msg_id must be a string"));
+            return Err(reject(
+                &none,
+                RejectCode::Invalid,
+                "client_msg_id must be a string",
+            ));
         }
-        None => return Err(reject(&none, RejectCode::Invalid, "client_msg_id is required")),
+        None => {
+            return Err(reject(
+                &none,
+                RejectCode::Invalid,
+                "client_msg_id is required",
+            ))
+        }
     };
     if client_msg_id.is_empty()
         || client_msg_id.len() > MAX_CLIENT_MSG_ID
@@ -54,7 +76,7 @@ pub fn parse_post(payload: &[u8], max_chars: usize) -> Result<Post, Rejected> {
             format!("client_msg_id must be 1-{MAX_CLIENT_MSG_ID} bytes without control characters"),
         ));
     }
-    let id = Some(client_msg_id);
+    let id = Some(client_msg_id.clone());
 
     let text = match obj.remove("text") {
         Some(Value::String(t)) => t,
@@ -101,7 +123,7 @@ pub fn parse_post(payload: &[u8], max_chars: usize) -> Result<Post, Rejected> {
 
     Ok(Post {
         text: text.to_owned(),
-        client_msg_id: id.unwrap_or_default(),
+        client_msg_id,
         reply_to,
     })
 }
@@ -125,13 +147,21 @@ mod tests {
         assert_eq!(p.text, "héllo");
         assert_eq!(p.client_msg_id, "c1");
         assert_eq!(p.reply_to, None);
-        let p = parse_post(br#"{"text":"x","client_msg_id":"c1","reply_to":"01ABC"}"#, 10).unwrap();
+        let p = parse_post(
+            br#"{"text":"x","client_msg_id":"c1","reply_to":"01ABC"}"#,
+            10,
+        )
+        .unwrap();
         assert_eq!(p.reply_to.as_deref(), Some("01ABC"));
     }
 
     #[test]
     fn length_counts_characters_not_bytes() {
-        assert!(parse_post("{\"text\":\"éééééééééé\",\"client_msg_id\":\"c\"}".as_bytes(), 10).is_ok());
+        assert!(parse_post(
+            "{\"text\":\"éééééééééé\",\"client_msg_id\":\"c\"}".as_bytes(),
+            10
+        )
+        .is_ok());
         assert_eq!(
             code("{\"text\":\"ééééééééééé\",\"client_msg_id\":\"c\"}".as_bytes()).0,
             RejectCode::TooLong

@@ -146,7 +146,9 @@ impl Writer {
             if outcomes[i].is_some() || copy_of[i].is_some() {
                 continue;
             }
-            let Some(post) = posts[i].take() else { continue };
+            let Some(post) = posts[i].take() else {
+                continue;
+            };
             let sub = &jobs[i].submission;
             let stream = match self.live_stream(&sub.stream).await {
                 Ok(Some(s)) => s,
@@ -363,7 +365,10 @@ impl Writer {
     ) -> Result<Option<StreamState>, wire::store::StoreError> {
         let dir = &self.deps.streams;
         let mut state = dir.get(id, LIVE_CACHE).await?;
-        if state.as_ref().is_some_and(|s| s.status != StreamStatus::Live) {
+        if state
+            .as_ref()
+            .is_some_and(|s| s.status != StreamStatus::Live)
+        {
             // A cached "not live" may be stale right after a start: look again.
             state = dir.get(id, Duration::ZERO).await?;
         }

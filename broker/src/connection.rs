@@ -89,7 +89,12 @@ pub(crate) async fn serve(mut transport: Transport, peer: SocketAddr, ctx: Arc<N
         Ok(Ok(CPacket::Connect(c))) if c.protocol == MqttVersion::V4 => c,
         Ok(Ok(CPacket::Connect(_))) | Ok(Err(Close::Protocol(_))) => {
             // MQTT 5 or an unknown protocol level: say so in a 3.1.1 CONNACK.
-            refuse(&mut transport, ConnectReturnCode::RefusedProtocolVersion, "protocol").await;
+            refuse(
+                &mut transport,
+                ConnectReturnCode::RefusedProtocolVersion,
+                "protocol",
+            )
+            .await;
             return;
         }
         Ok(Ok(_)) => {
@@ -136,20 +141,25 @@ pub(crate) async fn serve(mut transport: Transport, peer: SocketAddr, ctx: Arc<N
     let slot = ctx.registry.acquire_slot();
     let router_id = format!("c{}", slot.slot);
     let broker = ctx.broker.clone();
-    let link = tokio::task::spawn_blocking(move || broker.link(&router_id)).await;
+    let link =
+        tokio::task::spawn_blocking(move || broker.link(&router_id).map_err(|e| e.to_string()))
+            .await;
     let (link_tx, link_rx) = match link {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "router refused a link");
-            ctx.registry
-                .leave(&identity.user, &connect.client_id, uid);
-            refuse(&mut transport, ConnectReturnCode::ServiceUnavailable, "router").await;
+            ctx.registry.leave(&identity.user, &connect.client_id, uid);
+            refuse(
+                &mut transport,
+                ConnectReturnCode::ServiceUnavailable,
+                "router",
+            )
+            .await;
             return;
         }
         Err(e) => {
             tracing::error!(error = %e, "router link task failed");
-            ctx.registry
-                .leave(&identity.user, &connect.client_id, uid);
+            ctx.registry.leave(&identity.user, &connect.client_id, uid);
             return;
         }
     };
@@ -341,7 +351,11 @@ impl Session {
         self.send_to_router(to_router).await
     }
 
-    async fn on_packet(&mut self, packet: CPacket, to_router: &mut Vec<RPacket>) -> Result<(), Close> {
+    async fn on_packet(
+        &mut self,
+        packet: CPacket,
+        to_router: &mut Vec<RPacket>,
+    ) -> Result<(), Close> {
         match packet {
             CPacket::Publish(p) => self.on_publish(p),
             CPacket::PubRel(r) => self.write_packet(CPacket::PubComp(PubComp::new(r.pkid))),
@@ -426,7 +440,10 @@ impl Session {
             codes.push(code);
         }
         if routed.is_empty() {
-            let return_codes = codes.into_iter().map(|c| c.unwrap_or(CCode::Failure)).collect();
+            let return_codes = codes
+                .into_iter()
+                .map(|c| c.unwrap_or(CCode::Failure))
+                .collect();
             return self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, return_codes)));
         }
         self.pending_subacks.insert(s.pkid, codes);
@@ -440,7 +457,11 @@ impl Session {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, u: CUnsubscribe, to_router: &mut Vec<RPacket>) -> Result<(), Close> {
+    fn on_unsubscribe(
+        &mut self,
+        u: CUnsubscribe,
+        to_router: &mut Vec<RPacket>,
+    ) -> Result<(), Close> {
         let mut routed = Vec::new();
         for f in u.topics {
             match topics::parse_subscribe(&f) {
@@ -469,13 +490,7 @@ impl Session {
         if self.ctx.deps.auto_create_streams {
             return true;
         }
-        match self
-            .ctx
-            .deps
-            .streams
-            .get(stream, STREAM_EXISTS_CACHE)
-            .await
-        {
+        match self.ctx.deps.streams.get(stream, STREAM_EXISTS_CACHE).await {
             Ok(s) => s.is_some(),
             Err(e) => {
                 tracing::warn!(error = %e, "stream lookup failed");
@@ -495,7 +510,10 @@ impl Session {
     }
 
     /// Writes out what the router has for this connection.
-    async fn on_router(&mut self, first: Result<Option<Notification>, LinkError>) -> Result<(), Close> {
+    async fn on_router(
+        &mut self,
+        first: Result<Option<Notification>, LinkError>,
+    ) -> Result<(), Close> {
         let mut next = first;
         loop {
             match next {
@@ -537,7 +555,9 @@ impl Session {
                 let packet: Option<RPacket> = other.into();
                 match packet {
                     Some(RPacket::SubAck(ack, _)) => self.on_router_suback(ack),
-                    Some(RPacket::UnsubAck(ack, _)) => self.write_router(RPacket::UnsubAck(ack, None)),
+                    Some(RPacket::UnsubAck(ack, _)) => {
+                        self.write_router(RPacket::UnsubAck(ack, None))
+                    }
                     // CONNACK was written by us; nothing else is expected.
                     _ => Ok(()),
                 }

@@ -91,6 +91,8 @@ pub(crate) async fn accept_loop(
     tracing::debug!(?kind, "listener stopped");
 }
 
+// The callback's `Result<Response, ErrorResponse>` is tungstenite's signature.
+#[allow(clippy::result_large_err)]
 async fn handshake(
     stream: TcpStream,
     path: &str,

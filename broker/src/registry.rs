@@ -19,13 +19,15 @@ use tokio_util::sync::CancellationToken;
 use wire::UserId;
 
 type TakeoverKey = (UserId, String);
+/// A user's connections that subscribed to the inbox: (connection uid, its queue).
+type InboxQueues = Vec<(u64, mpsc::Sender<Bytes>)>;
 
 #[derive(Default)]
 pub(crate) struct Registry {
     next_uid: AtomicU64,
     sessions: Mutex<HashMap<TakeoverKey, (u64, CancellationToken)>>,
     slots: Mutex<Slots>,
-    inboxes: Mutex<HashMap<UserId, Vec<(u64, mpsc::Sender<Bytes>)>>>,
+    inboxes: Mutex<HashMap<UserId, InboxQueues>>,
 }
 
 #[derive(Default)]
@@ -64,10 +66,9 @@ impl Registry {
             return token;
         }
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, old)) = sessions.insert(
-            (user.clone(), client_id.to_owned()),
-            (uid, token.clone()),
-        ) {
+        if let Some((_, old)) =
+            sessions.insert((user.clone(), client_id.to_owned()), (uid, token.clone()))
+        {
             old.cancel();
         }
         token
@@ -147,7 +148,10 @@ mod tests {
         let b1 = r.take_over(&u("bob"), "phone", 2);
         assert!(!a1.is_cancelled() && !b1.is_cancelled());
         let a2 = r.take_over(&u("alice"), "phone", 3);
-        assert!(a1.is_cancelled(), "same user, same client id: the old one goes");
+        assert!(
+            a1.is_cancelled(),
+            "same user, same client id: the old one goes"
+        );
         assert!(!b1.is_cancelled() && !a2.is_cancelled());
         r.leave(&u("alice"), "phone", 1); // the replaced one leaving must not remove the new
         let a3 = r.take_over(&u("alice"), "phone", 4);

@@ -185,8 +185,7 @@ impl Relay {
         if self.streams.len() > 1024 {
             let window = self.window;
             self.streams.retain(|_, p| {
-                !p.events.is_empty()
-                    || p.last_flush.is_some_and(|t| now < t + window * 100)
+                !p.events.is_empty() || p.last_flush.is_some_and(|t| now < t + window * 100)
             });
         }
     }

@@ -23,7 +23,9 @@ impl FromRequestParts<AppState> for Caller {
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into())
+            })?;
         state
             .keys
             .verify(token.trim())

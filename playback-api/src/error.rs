@@ -69,7 +69,9 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "storage failed during a request");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1000))
             }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1000)),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1000))
+            }
         };
         let mut resp = (
             status,

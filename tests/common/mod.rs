@@ -2,6 +2,8 @@
 //! (rumqttc over TCP and WebSocket), real HTTP.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,7 +93,12 @@ impl System {
             .send()
             .await
             .expect("create");
-        assert_eq!(r.status(), 201, "create stream: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "create stream: {}",
+            r.text().await.unwrap_or_default()
+        );
         let r = self
             .http
             .post(self.url(&format!("/v1/streams/{id}/start")))
@@ -111,7 +118,9 @@ impl System {
     /// Catch-up: every stored comment of the stream, in seq order.
     pub async fn stored(&self, stream: &str) -> Vec<Value> {
         let (status, v) = self
-            .get_json(&format!("/v1/streams/{stream}/comments?after_seq=0&limit=1000"))
+            .get_json(&format!(
+                "/v1/streams/{stream}/comments?after_seq=0&limit=1000"
+            ))
             .await;
         assert_eq!(status, 200, "{v}");
         v["comments"].as_array().cloned().unwrap_or_default()
@@ -215,7 +224,12 @@ impl Client {
 
     pub async fn post(&self, stream: &str, payload: impl Into<Vec<u8>>) {
         self.client
-            .publish(format!("streams/{stream}/post"), QoS::AtLeastOnce, false, payload)
+            .publish(
+                format!("streams/{stream}/post"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await
             .expect("queue publish");
     }
@@ -267,7 +281,12 @@ impl Client {
 
     /// Comment events received on `streams/{stream}/comments` until `n` arrived or `wait`
     /// passed; also returns how many frames carried them.
-    pub async fn comments(&mut self, stream: &str, n: usize, wait: Duration) -> (Vec<Value>, usize) {
+    pub async fn comments(
+        &mut self,
+        stream: &str,
+        n: usize,
+        wait: Duration,
+    ) -> (Vec<Value>, usize) {
         let topic = format!("streams/{stream}/comments");
         let deadline = tokio::time::Instant::now() + wait;
         let mut events = Vec::new();
@@ -339,5 +358,8 @@ pub fn granted(codes: &[SubscribeReasonCode]) -> bool {
 }
 
 pub fn seqs(events: &[Value]) -> Vec<u64> {
-    events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect()
+    events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
 }

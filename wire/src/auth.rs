@@ -194,15 +194,12 @@ mod tests {
     fn refuses_wrong_key_expired_and_unsigned() {
         let k = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
         let other = JwtKeys::new(b"another secret of enough length!");
-        assert!(k
-            .verify(&other.sign(&claims(now() + 60)).unwrap())
-            .is_err());
+        assert!(k.verify(&other.sign(&claims(now() + 60)).unwrap()).is_err());
         assert!(k.verify(&k.sign(&claims(now() - 120)).unwrap()).is_err());
         // alg: none, no signature
         let header = encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = encode(
-            format!(r#"{{"sub":"u1","role":"admin","exp":{}}}"#, now() + 60).as_bytes(),
-        );
+        let body =
+            encode(format!(r#"{{"sub":"u1","role":"admin","exp":{}}}"#, now() + 60).as_bytes());
         assert!(k.verify(&format!("{header}.{body}.")).is_err());
         assert!(k.verify("garbage").is_err());
     }

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Identity, Role};
 use crate::event::StreamState;
-use crate::topics;
 use crate::ids::{StreamId, UserId};
+use crate::topics;
 
 /// The verified author of a submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,7 +68,11 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    pub fn new(client_msg_id: Option<String>, code: RejectCode, message: impl Into<String>) -> Self {
+    pub fn new(
+        client_msg_id: Option<String>,
+        code: RejectCode,
+        message: impl Into<String>,
+    ) -> Self {
         Rejected {
             client_msg_id,
             code,
@@ -125,7 +129,8 @@ mod tests {
             serde_json::json!({"type":"ack","client_msg_id":"c1","id":"01J","seq":17})
         );
         let rej = InboxMessage::Reject(
-            Rejected::new(Some("c2".into()), RejectCode::RateLimited, "slow down").retry_after(1234),
+            Rejected::new(Some("c2".into()), RejectCode::RateLimited, "slow down")
+                .retry_after(1234),
         );
         assert_eq!(
             serde_json::to_value(&rej).unwrap(),

@@ -110,7 +110,8 @@ fn put_stream_tx(
         if only_if_new && t.get(state.id.as_str()).map_err(backend)?.is_some() {
             return Ok(false);
         }
-        t.insert(state.id.as_str(), json.as_slice()).map_err(backend)?;
+        t.insert(state.id.as_str(), json.as_slice())
+            .map_err(backend)?;
     }
     tx.commit().map_err(backend)?;
     Ok(true)
@@ -219,7 +220,9 @@ impl Store for EmbeddedStore {
                 for (c, json) in &rows {
                     let s = c.comment.stream.as_str();
                     let seq = c.comment.seq;
-                    comments.insert((s, seq), json.as_slice()).map_err(backend)?;
+                    comments
+                        .insert((s, seq), json.as_slice())
+                        .map_err(backend)?;
                     by_time
                         .insert((s, c.comment.offset_ms, seq), ())
                         .map_err(backend)?;
@@ -261,7 +264,10 @@ impl Store for EmbeddedStore {
             };
             let end = Bound::Excluded((s, to_ms, 0));
             let mut out = Vec::new();
-            for row in by_time.range::<(&str, u64, u64)>((start, end)).map_err(backend)? {
+            for row in by_time
+                .range::<(&str, u64, u64)>((start, end))
+                .map_err(backend)?
+            {
                 if out.len() >= limit {
                     break;
                 }
@@ -368,18 +374,27 @@ mod tests {
         store.append(&[comment("s2", 1, 50)]).await.unwrap();
 
         assert_eq!(store.last_seq(&s1).await.unwrap(), 10);
-        assert_eq!(store.last_seq(&StreamId::new("s3").unwrap()).await.unwrap(), 0);
+        assert_eq!(
+            store.last_seq(&StreamId::new("s3").unwrap()).await.unwrap(),
+            0
+        );
 
         // [300, 700) → seqs 3..=6
         let w = store.replay(&s1, 300, 700, None, 100).await.unwrap();
-        assert_eq!(w.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+        assert_eq!(
+            w.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
         let page = store.replay(&s1, 300, 700, None, 2).await.unwrap();
         assert_eq!(page.len(), 2);
         let cursor = ReplayCursor {
             offset_ms: page[1].offset_ms,
             seq: page[1].seq,
         };
-        let rest = store.replay(&s1, 300, 700, Some(cursor), 100).await.unwrap();
+        let rest = store
+            .replay(&s1, 300, 700, Some(cursor), 100)
+            .await
+            .unwrap();
         assert_eq!(rest.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![5, 6]);
 
         let after = store.after_seq(&s1, 8, 100).await.unwrap();

@@ -116,7 +116,7 @@ impl Token {
 }
 
 fn seconds_to_ms(name: &str, v: f64) -> Result<u64, ApiError> {
-    if !v.is_finite() || v < 0.0 || v > 1e12 {
+    if !v.is_finite() || !(0.0..=1e12).contains(&v) {
         return Err(ApiError::bad_request(format!(
             "{name} must be a non-negative number of seconds"
         )));
@@ -138,12 +138,18 @@ async fn list(
             state.max_page
         )));
     }
-    if state.streams.get(&id, Duration::from_secs(60)).await?.is_none() {
+    if state
+        .streams
+        .get(&id, Duration::from_secs(60))
+        .await?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!("stream {id} does not exist")));
     }
     let token = match &q.pagination_token {
         Some(t) => Some(
-            Token::decode(t).ok_or_else(|| ApiError::bad_request("pagination_token is not valid"))?,
+            Token::decode(t)
+                .ok_or_else(|| ApiError::bad_request("pagination_token is not valid"))?,
         ),
         None => None,
     };
