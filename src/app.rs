@@ -154,7 +154,18 @@ impl Running {
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
         self.node_shutdown.intake.cancel();
-        let _ = self.http.await;
+        if tokio::time::timeout(Duration::from_secs(10), self.node.intake_stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections were still reading 10 s after intake stopped");
+        }
+        if tokio::time::timeout(Duration::from_secs(10), &mut self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("http requests still running 10 s after shutdown began");
+        }
         self.bridge_stop.cancel();
         let _ = self.bridge.await;
         self.moderation_stop.cancel();

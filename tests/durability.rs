@@ -31,7 +31,10 @@ async fn catch_up(http: &reqwest::Client, p: &Proc) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_comments_survive_kill_9_and_numbering_continues() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("LIVECOMMENTS__BRIDGE__RATE_LIMIT_COUNT", "0")];
+    let env = [
+        ("LIVECOMMENTS__BRIDGE__RATE_LIMIT_COUNT", "0"),
+        ("LIVECOMMENTS__MQTT__MAX_POSTS_PER_SECOND", "0"),
+    ];
     let mut p = process::up(dir.path(), &env);
     let http = reqwest::Client::new();
     let bob = process::token(dir.path(), "bob", "broadcaster");
@@ -117,12 +120,80 @@ async fn acknowledged_comments_survive_kill_9_and_numbering_continues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_cleanly() {
+async fn sigterm_while_posting_stores_every_post_that_got_a_puback() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = process::up(dir.path(), &[]);
-    let status = p.terminate();
-    assert!(status.success(), "exit status {status}\n{}", p.log_text());
-    let log = p.log_text();
+    let env = [
+        ("LIVECOMMENTS__BRIDGE__RATE_LIMIT_COUNT", "0"),
+        ("LIVECOMMENTS__MQTT__MAX_POSTS_PER_SECOND", "0"),
+    ];
+    let mut p = process::up(dir.path(), &env);
+    let http = reqwest::Client::new();
+    let bob = process::token(dir.path(), "bob", "broadcaster");
+    let ann = process::token(dir.path(), "ann", "viewer");
+    for (path, body) in [
+        ("/v1/streams", Some(r#"{"id":"s1"}"#)),
+        ("/v1/streams/s1/start", None),
+    ] {
+        let mut r = http.post(p.url(path)).bearer_auth(&bob);
+        if let Some(b) = body {
+            r = r.body(b);
+        }
+        assert!(r.send().await.unwrap().status().is_success(), "{path}");
+    }
+
+    // rumqttc numbers QoS 1 publishes 1, 2, 3, … so PUBACK pkid n acknowledges post n - 1.
+    let mut poster = Client::must(mqtt(&p, "ann", &ann)).await;
+    let sender = poster.client.clone();
+    let posting = tokio::spawn(async move {
+        for i in 0..1000 {
+            let body = format!(r#"{{"text":"sig {i}","client_msg_id":"s{i}"}}"#);
+            if sender
+                .publish("streams/s1/post", rumqttc::QoS::AtLeastOnce, false, body)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut pubacked = std::collections::BTreeSet::new();
+    while pubacked.len() < 100 {
+        if let Some(rumqttc::Packet::PubAck(a)) = poster.next_packet(WAIT).await {
+            pubacked.insert(a.pkid);
+        }
+    }
+    let term = tokio::task::spawn_blocking(move || {
+        let status = p.terminate();
+        (status, p.log_text())
+    });
+    // Keep collecting PUBACKs until the server closes the connection.
+    loop {
+        match poster.next_packet(Duration::from_secs(20)).await {
+            Some(rumqttc::Packet::PubAck(a)) => {
+                pubacked.insert(a.pkid);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    posting.abort();
+    let (status, log) = term.await.unwrap();
+    assert!(status.success(), "exit status {status}\n{log}");
     assert!(log.contains("write path drained"), "{log}");
-    assert!(log.contains("stopped"), "{log}");
+
+    let p = process::up(dir.path(), &env);
+    let stored: std::collections::BTreeSet<String> = catch_up(&http, &p)
+        .await
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    for pkid in &pubacked {
+        let text = format!("sig {}", pkid - 1);
+        assert!(
+            stored.contains(&text),
+            "{text} got a PUBACK but was not stored"
+        );
+    }
+    assert!(pubacked.len() >= 100);
 }

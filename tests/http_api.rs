@@ -67,6 +67,16 @@ async fn stream_lifecycle_is_role_checked() {
     assert_eq!((s, v["status"].as_str()), (200, Some("live")));
     assert!(v["started_at"].as_i64().is_some());
     assert_eq!(send(action(&bob, "start")).await.0, 200, "idempotent");
+    // Concurrent starts agree on one start time (compare-and-set in the store).
+    let starts = futures_util::future::join_all((0..8).map(|_| send(action(&bob, "start")))).await;
+    let started: std::collections::BTreeSet<i64> = starts
+        .iter()
+        .map(|(s, v, _)| {
+            assert_eq!(*s, 200);
+            v["started_at"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
     let (s, v, _) = send(action(&admin, "end")).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("ended")));
 

@@ -144,7 +144,11 @@ async fn the_rate_limit_rejects_with_retry_after_but_retries_still_get_their_ack
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seq_strictly_increases_and_viewers_see_seq_order() {
-    let sys = System::start_with(|c| c.bridge.rate_limit_count = 0).await;
+    let sys = System::start_with(|c| {
+        c.bridge.rate_limit_count = 0;
+        c.mqtt.max_posts_per_second = 0;
+    })
+    .await;
     sys.live_stream("s1").await;
     let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
     viewer.subscribe("streams/s1/comments").await;
@@ -185,6 +189,7 @@ async fn seq_strictly_increases_and_viewers_see_seq_order() {
 async fn frames_coalesce_a_burst_but_a_lone_comment_goes_out_at_once() {
     let sys = System::start_with(|c| {
         c.bridge.rate_limit_count = 0;
+        c.mqtt.max_posts_per_second = 0;
         c.delivery.batch_window_ms = 1000;
     })
     .await;

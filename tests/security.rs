@@ -54,6 +54,10 @@ async fn publishing_outside_the_policy_closes_the_connection_and_reaches_nobody(
         None,
         "nothing forged reached the viewer"
     );
+    assert!(
+        granted(&viewer.subscribe("streams/s1/comments").await),
+        "and the viewer is still connected"
+    );
 
     // The retained state survived the empty payloads.
     let mut late = Client::must(sys.tcp("late", &sys.token("late", Role::Viewer))).await;
@@ -144,6 +148,10 @@ async fn subscriptions_stay_inside_one_stream_and_the_own_inbox() {
             Some((topic, _)) => assert_ne!(topic, "users/bob/inbox"),
         }
     }
+    assert!(
+        granted(&eve.subscribe("streams/s1/state").await),
+        "eve is still connected"
+    );
     sys.stop().await;
 }
 
@@ -206,9 +214,16 @@ async fn wrong_expired_unsigned_and_missing_tokens_are_refused() {
 async fn a_connection_ends_when_its_token_expires() {
     let sys = System::start().await;
     sys.live_stream("s1").await;
-    let short = token_with(sys.keys(), "ann", Role::Viewer, 2);
+    let short = token_with(sys.keys(), "ann", Role::Viewer, 3);
     let mut c = Client::must(sys.tcp("ann", &short)).await;
-    assert!(c.closed_within(Duration::from_secs(8)).await);
+    assert!(
+        !c.closed_within(Duration::from_millis(1500)).await,
+        "open while the token is valid"
+    );
+    assert!(
+        c.closed_within(Duration::from_secs(8)).await,
+        "closed once it expired"
+    );
     sys.stop().await;
 }
 

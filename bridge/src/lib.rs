@@ -39,6 +39,9 @@ use wire::ingest::Ingest;
 use wire::store::Store;
 use wire::streams::StreamDirectory;
 
+/// How long an HTTP post may wait for the write path before it is answered `unavailable`.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `[bridge]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,10 +181,17 @@ impl Ingest for Bridge {
             submission,
             reply: Some(tx),
         };
-        match tokio::time::timeout(Duration::from_secs(5), self.jobs.send(job)).await {
+        // One deadline for queueing and processing, shorter than the HTTP request timeout, so
+        // a caller always gets a JSON answer. A late result is still stored; the retry with
+        // the same client_msg_id then gets it.
+        let deadline = tokio::time::Instant::now() + SUBMIT_TIMEOUT;
+        match tokio::time::timeout_at(deadline, self.jobs.send(job)).await {
             Ok(Ok(())) => {}
             _ => return Err(unavailable()),
         }
-        rx.await.unwrap_or_else(|_| Err(unavailable()))
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => Err(unavailable()),
+        }
     }
 }

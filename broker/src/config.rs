@@ -15,6 +15,11 @@ pub struct MqttConfig {
     pub max_packet_size: usize,
     /// Time a new connection has to send CONNECT (and finish the WebSocket handshake).
     pub connect_timeout_ms: u64,
+    /// A client that accepts no bytes for this long is disconnected.
+    pub write_timeout_ms: u64,
+    /// Posts one connection may send per second (0 = unlimited); beyond it posts are answered
+    /// `rate_limited` by the node without reaching the write path.
+    pub max_posts_per_second: u32,
     /// Router log segment size per topic filter, bytes; a viewer more than
     /// `segment_size × segment_count` behind skips ahead (and catches up over HTTP).
     pub segment_size: usize,
@@ -63,8 +68,10 @@ impl BrokerConfig {
         if self.mqtt.max_packet_size < 1024 {
             errors.push("mqtt.max_packet_size must be at least 1024".into());
         }
-        if self.mqtt.connect_timeout_ms == 0 {
-            errors.push("mqtt.connect_timeout_ms must be at least 1".into());
+        if self.mqtt.connect_timeout_ms == 0 || self.mqtt.write_timeout_ms == 0 {
+            errors.push(
+                "mqtt.connect_timeout_ms and mqtt.write_timeout_ms must be at least 1".into(),
+            );
         }
         if self.mqtt.segment_size < 1024 || self.mqtt.segment_count == 0 {
             errors.push("mqtt.segment_size must be >= 1024 and mqtt.segment_count >= 1".into());

@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use governor::{DefaultDirectRateLimiter, Quota};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet as CPacket, PubAck, PubComp, PubRec, Publish as CPublish,
     SubAck as CSubAck, Subscribe as CSubscribe, SubscribeReasonCode as CCode, UnsubAck,
@@ -21,12 +23,13 @@ use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
     Disconnect as RDisconnect, DisconnectReasonCode, Filter as RFilter, Packet as RPacket,
-    Protocol as _, QoS as RQoS, RetainForwardRule, SubAck as RSubAck, Subscribe as RSubscribe,
-    SubscribeReasonCode as RCode, Unsubscribe as RUnsubscribe,
+    Protocol as _, QoS as RQoS, RetainForwardRule, Subscribe as RSubscribe,
+    Unsubscribe as RUnsubscribe,
 };
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use wire::auth::Identity;
 use wire::bus::{Author, Origin, Submission};
@@ -35,6 +38,7 @@ use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
 
 use crate::registry::{Registry, SlotGuard};
+use crate::router;
 use crate::transport::Transport;
 use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
 
@@ -51,6 +55,9 @@ pub(crate) struct NodeCtx {
     pub broker: Arc<rumqttd::Broker>,
     pub registry: Arc<Registry>,
     pub shutdown: NodeShutdown,
+    /// One token per connection that may still read from its client; shutdown waits for all
+    /// of them before the write path stops taking submissions.
+    pub readers: tokio_util::task::TaskTracker,
 }
 
 /// Why a connection ended.
@@ -75,12 +82,21 @@ enum Close {
     TakenOver,
     #[error("router closed the session")]
     Router,
+    #[error("the write path did not take a post")]
+    Refused,
+    #[error("client does not read: write timed out")]
+    WriteTimeout,
     #[error("node shutting down")]
     Shutdown,
 }
 
 /// Serves one accepted connection until it ends.
-pub(crate) async fn serve(mut transport: Transport, peer: SocketAddr, ctx: Arc<NodeCtx>) {
+pub(crate) async fn serve(
+    mut transport: Transport,
+    peer: SocketAddr,
+    ctx: Arc<NodeCtx>,
+    reader: TaskTrackerToken,
+) {
     let mut read_buf = BytesMut::new();
     let max = ctx.config.mqtt.max_packet_size;
     let wait = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
@@ -190,7 +206,10 @@ pub(crate) async fn serve(mut transport: Transport, peer: SocketAddr, ctx: Arc<N
         inbox_tx,
         inbox_topic,
         inbox_subscribed: false,
-        pending_subacks: HashMap::new(),
+        filters: HashMap::new(),
+        held: HashMap::new(),
+        post_limit: post_limiter(ctx.config.mqtt.max_posts_per_second),
+        reader: Some(reader),
         unscheduled: false,
         delivered: 0,
     };
@@ -252,10 +271,21 @@ struct Session {
     inbox_tx: mpsc::Sender<Bytes>,
     inbox_topic: String,
     inbox_subscribed: bool,
-    /// SUBACK codes decided locally, waiting for the router's codes of the other filters.
-    pending_subacks: HashMap<u16, Vec<Option<CCode>>>,
+    /// The client's granted stream filters → the concrete topics each covers.
+    filters: HashMap<String, Vec<String>>,
+    /// Concrete topics subscribed at the router → how many client filters cover them. The
+    /// router sees each topic once, so overlapping filters never duplicate a message.
+    held: HashMap<String, u32>,
+    /// Posts per second one connection may send (a flood is answered here, not queued).
+    post_limit: Option<DefaultDirectRateLimiter>,
+    /// Held while this connection may still read posts from its client.
+    reader: Option<TaskTrackerToken>,
     unscheduled: bool,
     delivered: u64,
+}
+
+fn post_limiter(per_second: u32) -> Option<DefaultDirectRateLimiter> {
+    NonZeroU32::new(per_second).map(|n| DefaultDirectRateLimiter::direct(Quota::per_second(n)))
 }
 
 impl Session {
@@ -270,6 +300,12 @@ impl Session {
             false,
         ))) {
             return c;
+        }
+        // Packets that arrived together with CONNECT (clients need not wait for CONNACK).
+        if !self.read_buf.is_empty() {
+            if let Err(c) = self.on_readable().await {
+                return c;
+            }
         }
         if let Err(c) = self.flush().await {
             return c;
@@ -287,15 +323,19 @@ impl Session {
         let timer = tokio::time::sleep_until(deadline_after_read(tokio::time::Instant::now()));
         tokio::pin!(timer);
         let shutdown = self.ctx.shutdown.clone();
-        let mut reading = true;
 
         loop {
+            let reading = self.reader.is_some();
             let step = tokio::select! {
+                // Stop conditions first, so a cancelled intake wins over pending input.
+                biased;
                 _ = shutdown.close.cancelled() => Err(Close::Shutdown),
                 _ = kicked.cancelled() => Err(Close::TakenOver),
                 _ = shutdown.intake.cancelled(), if reading => {
-                    // Nothing new enters once intake stops; deliveries still go out.
-                    reading = false;
+                    // Nothing new enters once intake stops; deliveries still go out, and the
+                    // client is not expected to ping while nobody reads.
+                    self.reader = None;
+                    timer.as_mut().reset(token_deadline);
                     Ok(())
                 }
                 _ = &mut timer => Err(if tokio::time::Instant::now() >= token_deadline {
@@ -303,14 +343,6 @@ impl Session {
                 } else {
                     Close::KeepAlive
                 }),
-                r = self.transport.read(&mut self.read_buf), if reading => match r {
-                    Ok(0) => Err(Close::PeerClosed),
-                    Ok(_) => {
-                        timer.as_mut().reset(deadline_after_read(tokio::time::Instant::now()));
-                        self.on_readable().await
-                    }
-                    Err(e) => Err(Close::Io(e)),
-                },
                 n = self.link_rx.next() => self.on_router(n).await,
                 Some(payload) = inbox_rx.recv() => {
                     let mut r = self.write_inbox(payload);
@@ -322,6 +354,14 @@ impl Session {
                     }
                     r
                 }
+                r = self.transport.read(&mut self.read_buf), if reading => match r {
+                    Ok(0) => Err(Close::PeerClosed),
+                    Ok(_) => {
+                        timer.as_mut().reset(deadline_after_read(tokio::time::Instant::now()));
+                        self.on_readable().await
+                    }
+                    Err(e) => Err(Close::Io(e)),
+                },
             };
             let step = match step {
                 Ok(()) => self.flush().await,
@@ -348,7 +388,7 @@ impl Session {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 64 * 1024 {
             self.read_buf = BytesMut::new();
         }
-        self.send_to_router(to_router).await
+        router::send_packets(&mut self.link_tx, to_router).map_err(|_| Close::Router)
     }
 
     async fn on_packet(
@@ -377,31 +417,82 @@ impl Session {
             tracing::warn!(topic = %p.topic, "publish outside the policy; closing");
             return Err(Close::Forbidden(format!("publish to {}", p.topic)));
         };
+        let limited = self
+            .post_limit
+            .as_ref()
+            .and_then(|l| l.check().err())
+            .map(|not_until| {
+                not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ))
+            });
+        if let Some(wait) = limited {
+            // Answered here: a flood from one connection never fills the shared queue.
+            metrics::counter!("livecomments_comments_rejected_total", "code" => "rate_limited")
+                .increment(1);
+            let ms = (wait.as_millis() as u64).max(1);
+            self.answer_locally(
+                Rejected::new(
+                    client_msg_id(&p.payload),
+                    RejectCode::RateLimited,
+                    format!(
+                        "at most {} posts per second on one connection",
+                        self.ctx.config.mqtt.max_posts_per_second
+                    ),
+                )
+                .retry_after(ms),
+            )?;
+            return self.ack_publish(&p);
+        }
         let submission = Submission {
             stream,
             author: Author::from(&self.identity),
-            payload: p.payload,
+            payload: p.payload.clone(),
             origin: Origin::Mqtt,
             received_at_ms: now_ms(),
         };
-        if let Err(e) = self.ctx.deps.bus.submit(submission.clone()) {
+        let refused = if self.reader.is_none() || self.ctx.shutdown.intake.is_cancelled() {
+            Some("the node is shutting down".to_string())
+        } else {
+            self.ctx
+                .deps
+                .bus
+                .submit(submission)
+                .err()
+                .map(|e| e.to_string())
+        };
+        if let Some(why) = refused {
+            // No PUBACK: the client learns the post was not taken and sends it again after
+            // reconnecting (the same client_msg_id makes that harmless).
             metrics::counter!("livecomments_submissions_refused_total").increment(1);
-            tracing::warn!(error = %e, "write path did not take a post");
-            if self.inbox_subscribed {
-                let reject = Rejected::new(
-                    client_msg_id(&submission.payload),
+            tracing::warn!(reason = %why, "write path did not take a post; closing");
+            self.answer_locally(
+                Rejected::new(
+                    client_msg_id(&p.payload),
                     RejectCode::Unavailable,
                     "the service is overloaded; retry with the same client_msg_id",
                 )
-                .retry_after(1000);
-                self.write_inbox(InboxMessage::Reject(reject).to_bytes())?;
-            }
+                .retry_after(1000),
+            )?;
+            return Err(Close::Refused);
         }
+        self.ack_publish(&p)
+    }
+
+    fn ack_publish(&mut self, p: &CPublish) -> Result<(), Close> {
         match p.qos {
             CQoS::AtMostOnce => Ok(()),
             CQoS::AtLeastOnce => self.write_packet(CPacket::PubAck(PubAck::new(p.pkid))),
             CQoS::ExactlyOnce => self.write_packet(CPacket::PubRec(PubRec::new(p.pkid))),
         }
+    }
+
+    /// Writes a reject to this client's inbox if it listens there.
+    fn answer_locally(&mut self, reject: Rejected) -> Result<(), Close> {
+        if self.inbox_subscribed {
+            self.write_inbox(InboxMessage::Reject(reject).to_bytes())?;
+        }
+        Ok(())
     }
 
     async fn on_subscribe(
@@ -410,50 +501,58 @@ impl Session {
         to_router: &mut Vec<RPacket>,
     ) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut routed = Vec::new();
+        let mut new_topics = Vec::new();
         for f in &s.filters {
-            let code = match topics::parse_subscribe(&f.path) {
+            let granted = match topics::parse_subscribe(&f.path) {
                 Some(SubscribeTarget::Inbox(user)) if user == self.identity.user => {
                     self.ctx
                         .registry
                         .subscribe_inbox(&user, self.uid, self.inbox_tx.clone());
                     self.inbox_subscribed = true;
-                    Some(CCode::Success(CQoS::AtMostOnce))
+                    true
                 }
-                Some(SubscribeTarget::Stream(stream)) if self.stream_exists(&stream).await => {
-                    routed.push(RFilter {
-                        path: f.path.clone(),
-                        // Live frames are QoS 0 whatever the client asks.
-                        qos: RQoS::AtMostOnce,
-                        nolocal: false,
-                        preserve_retain: false,
-                        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
-                    });
-                    None
+                Some(SubscribeTarget::Stream { stream, topics }) => {
+                    if self.filters.contains_key(&f.path) {
+                        true
+                    } else if self.stream_exists(&stream).await {
+                        for t in &topics {
+                            let n = self.held.entry(t.clone()).or_insert(0);
+                            *n += 1;
+                            if *n == 1 {
+                                new_topics.push(t.clone());
+                            }
+                        }
+                        self.filters.insert(f.path.clone(), topics);
+                        true
+                    } else {
+                        false
+                    }
                 }
-                _ => {
-                    metrics::counter!("livecomments_subscribe_denied_total").increment(1);
-                    tracing::info!(filter = %f.path, "subscription refused");
-                    Some(CCode::Failure)
-                }
+                _ => false,
             };
-            codes.push(code);
+            if granted {
+                codes.push(CCode::Success(CQoS::AtMostOnce));
+            } else {
+                metrics::counter!("livecomments_subscribe_denied_total").increment(1);
+                tracing::info!(filter = %f.path, "subscription refused");
+                codes.push(CCode::Failure);
+            }
         }
-        if routed.is_empty() {
-            let return_codes = codes
+        // Answered here (granted QoS is always 0); the router's own SUBACK is ignored.
+        self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, codes)))?;
+        if !new_topics.is_empty() {
+            let filters = new_topics
                 .into_iter()
-                .map(|c| c.unwrap_or(CCode::Failure))
+                .map(|path| RFilter {
+                    path,
+                    qos: RQoS::AtMostOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+                })
                 .collect();
-            return self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, return_codes)));
+            to_router.push(RPacket::Subscribe(RSubscribe { pkid: 0, filters }, None));
         }
-        self.pending_subacks.insert(s.pkid, codes);
-        to_router.push(RPacket::Subscribe(
-            RSubscribe {
-                pkid: s.pkid,
-                filters: routed,
-            },
-            None,
-        ));
         Ok(())
     }
 
@@ -462,27 +561,36 @@ impl Session {
         u: CUnsubscribe,
         to_router: &mut Vec<RPacket>,
     ) -> Result<(), Close> {
-        let mut routed = Vec::new();
+        let mut dropped = Vec::new();
         for f in u.topics {
-            match topics::parse_subscribe(&f) {
-                Some(SubscribeTarget::Inbox(user)) if user == self.identity.user => {
+            if let Some(SubscribeTarget::Inbox(user)) = topics::parse_subscribe(&f) {
+                if user == self.identity.user {
                     self.ctx.registry.unsubscribe_inbox(&user, self.uid);
                     self.inbox_subscribed = false;
                 }
-                Some(SubscribeTarget::Stream(_)) => routed.push(f),
-                _ => {}
+                continue;
+            }
+            for t in self.filters.remove(&f).unwrap_or_default() {
+                if let Some(n) = self.held.get_mut(&t) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.held.remove(&t);
+                        dropped.push(t);
+                    }
+                }
             }
         }
-        if routed.is_empty() {
-            return self.write_packet(CPacket::UnsubAck(UnsubAck::new(u.pkid)));
+        // Exactly one UNSUBACK per UNSUBSCRIBE, whatever the router answers.
+        self.write_packet(CPacket::UnsubAck(UnsubAck::new(u.pkid)))?;
+        if !dropped.is_empty() {
+            to_router.push(RPacket::Unsubscribe(
+                RUnsubscribe {
+                    pkid: 0,
+                    filters: dropped,
+                },
+                None,
+            ));
         }
-        to_router.push(RPacket::Unsubscribe(
-            RUnsubscribe {
-                pkid: u.pkid,
-                filters: routed,
-            },
-            None,
-        ));
         Ok(())
     }
 
@@ -497,16 +605,6 @@ impl Session {
                 false
             }
         }
-    }
-
-    async fn send_to_router(&mut self, mut packets: Vec<RPacket>) -> Result<(), Close> {
-        let Some(last) = packets.pop() else {
-            return Ok(());
-        };
-        self.link_tx.buffer().extend(packets);
-        // `send` queues the last packet and wakes the router once for all of them.
-        self.link_tx.send(last).await.map_err(|_| Close::Router)?;
-        Ok(())
     }
 
     /// Writes out what the router has for this connection.
@@ -549,46 +647,13 @@ impl Session {
             Notification::Disconnect(..) => Err(Close::Router),
             Notification::Forward(f) => {
                 self.delivered += 1;
-                self.write_router(RPacket::Publish(f.publish, None))
+                V4.write(RPacket::Publish(f.publish, None), &mut self.out)
+                    .map(|_| ())
+                    .map_err(|e| Close::Protocol(e.to_string()))
             }
-            other => {
-                let packet: Option<RPacket> = other.into();
-                match packet {
-                    Some(RPacket::SubAck(ack, _)) => self.on_router_suback(ack),
-                    Some(RPacket::UnsubAck(ack, _)) => {
-                        self.write_router(RPacket::UnsubAck(ack, None))
-                    }
-                    // CONNACK was written by us; nothing else is expected.
-                    _ => Ok(()),
-                }
-            }
+            // CONNACK, SUBACK and UNSUBACK are the gatekeeper's to send.
+            _ => Ok(()),
         }
-    }
-
-    fn on_router_suback(&mut self, ack: RSubAck) -> Result<(), Close> {
-        let Some(local) = self.pending_subacks.remove(&ack.pkid) else {
-            return Ok(());
-        };
-        let mut from_router = ack.return_codes.into_iter();
-        let return_codes = local
-            .into_iter()
-            .map(|c| match c {
-                Some(c) => c,
-                None => match from_router.next() {
-                    Some(RCode::QoS0 | RCode::Success(RQoS::AtMostOnce)) => {
-                        CCode::Success(CQoS::AtMostOnce)
-                    }
-                    Some(RCode::QoS1 | RCode::Success(RQoS::AtLeastOnce)) => {
-                        CCode::Success(CQoS::AtLeastOnce)
-                    }
-                    Some(RCode::QoS2 | RCode::Success(RQoS::ExactlyOnce)) => {
-                        CCode::Success(CQoS::ExactlyOnce)
-                    }
-                    _ => CCode::Failure,
-                },
-            })
-            .collect();
-        self.write_packet(CPacket::SubAck(CSubAck::new(ack.pkid, return_codes)))
     }
 
     fn write_inbox(&mut self, payload: Bytes) -> Result<(), Close> {
@@ -602,20 +667,17 @@ impl Session {
             .map_err(|e| Close::Protocol(e.to_string()))
     }
 
-    fn write_router(&mut self, p: RPacket) -> Result<(), Close> {
-        V4.write(p, &mut self.out)
-            .map(|_| ())
-            .map_err(|e| Close::Protocol(e.to_string()))
-    }
-
+    /// Writes what is buffered; a client that does not read for `write_timeout_ms` is closed.
     async fn flush(&mut self) -> Result<(), Close> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.transport
-            .write_all(&self.out)
-            .await
-            .map_err(Close::Io)?;
+        let limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
+        match tokio::time::timeout(limit, self.transport.write_all(&self.out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Close::Io(e)),
+            Err(_) => return Err(Close::WriteTimeout),
+        }
         if self.out.capacity() > 64 * 1024 {
             self.out = BytesMut::new();
         } else {
@@ -625,6 +687,7 @@ impl Session {
     }
 
     async fn teardown(&mut self) {
+        self.reader = None;
         let reg = &self.ctx.registry;
         if self.inbox_subscribed {
             reg.unsubscribe_inbox(&self.identity.user, self.uid);
@@ -637,7 +700,7 @@ impl Session {
             },
             None,
         );
-        let _ = self.link_tx.send(bye).await;
+        let _ = router::send_packets(&mut self.link_tx, vec![bye]);
         self.slot = None;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close()).await;
     }

@@ -86,6 +86,7 @@ pub struct Node {
     pub ws_addr: Option<SocketAddr>,
     relay: JoinHandle<()>,
     connections: TaskTracker,
+    readers: TaskTracker,
 }
 
 impl Node {
@@ -98,12 +99,14 @@ impl Node {
         let router = router::start(&config)?;
         let registry = Arc::new(registry::Registry::default());
         let connections = TaskTracker::new();
+        let readers = TaskTracker::new();
         let ctx = Arc::new(connection::NodeCtx {
             config: config.clone(),
             deps: deps.clone(),
             broker: router.broker.clone(),
             registry: registry.clone(),
             shutdown: shutdown.clone(),
+            readers: readers.clone(),
         });
 
         let tcp = listener::bind(&config.mqtt.host, config.mqtt.port).await?;
@@ -154,10 +157,18 @@ impl Node {
             ws_addr,
             relay,
             connections,
+            readers,
         })
     }
 
-    /// Waits for the relay to flush (after `shutdown.relay`) .
+    /// Waits until no connection reads from its client any more (after `shutdown.intake`), so
+    /// that every post a client got a PUBACK for is on the bus.
+    pub async fn intake_stopped(&self) {
+        self.readers.close();
+        self.readers.wait().await;
+    }
+
+    /// Waits for the relay to flush (after `shutdown.relay`).
     pub async fn relay_finished(&mut self) {
         let _ = (&mut self.relay).await;
     }

@@ -64,6 +64,8 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
+        // Taken before the task starts, so shutdown cannot miss a connection about to read.
+        let reader = ctx.readers.token();
         tracker.spawn(async move {
             let _permit = permit;
             let timeout = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
@@ -85,7 +87,7 @@ pub(crate) async fn accept_loop(
                     }
                 }
             };
-            connection::serve(transport, peer, ctx).await;
+            connection::serve(transport, peer, ctx, reader).await;
         });
     }
     tracing::debug!(?kind, "listener stopped");

@@ -23,6 +23,7 @@ use wire::time::now_ms;
 use wire::{topics, StreamId};
 
 use crate::registry::Registry;
+use crate::router;
 use crate::DeliveryConfig;
 
 /// Deliveries taken from the queue in one go before frames are decided.
@@ -76,10 +77,10 @@ pub(crate) async fn run(
         tokio::select! {
             d = deliveries.recv() => {
                 let Some(d) = d else { break };
-                relay.take(d).await;
+                relay.take(d);
                 for _ in 0..DRAIN {
                     match deliveries.try_recv() {
-                        Ok(d) => relay.take(d).await,
+                        Ok(d) => relay.take(d),
                         Err(_) => break,
                     }
                 }
@@ -89,7 +90,7 @@ pub(crate) async fn run(
             _ = stop.cancelled() => {
                 // Publish everything already queued, then stop.
                 while let Ok(d) = deliveries.try_recv() {
-                    relay.take(d).await;
+                    relay.take(d);
                 }
                 relay.flush_all();
                 break;
@@ -114,7 +115,7 @@ async fn drain_link(mut rx: LinkRx) {
 }
 
 impl Relay {
-    async fn take(&mut self, d: Delivery) {
+    fn take(&mut self, d: Delivery) {
         match d {
             Delivery::Stream {
                 stream,
@@ -137,9 +138,10 @@ impl Relay {
                     tracing::warn!(%topic, "refusing to publish an empty retained message");
                     return;
                 }
-                // `send` (unlike `publish`) keeps the retain flag.
+                // A full packet (unlike `publish`) keeps the retain flag.
                 let publish = RPublish::new(Bytes::from(topic), payload, true);
-                if let Err(e) = self.link.send(RPacket::Publish(publish, None)).await {
+                let packet = RPacket::Publish(publish, None);
+                if let Err(e) = router::send_packets(&mut self.link, vec![packet]) {
                     tracing::error!(error = %e, "publishing a retained message failed");
                 }
             }
@@ -224,7 +226,7 @@ impl Relay {
             }
             let frame = encode_frame(&events[start..end]);
             start = end;
-            if let Err(e) = self.link.publish(topic.clone(), frame) {
+            if let Err(e) = router::publish(&mut self.link, topic.clone(), frame) {
                 tracing::error!(error = %e, "publishing a frame failed");
                 return;
             }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::{Config, RouterConfig};
 
 use crate::{BrokerConfig, BrokerError};
@@ -45,5 +45,60 @@ pub(crate) fn start(config: &BrokerConfig) -> Result<Router, BrokerError> {
     Ok(Router {
         broker: Arc::new(broker),
         link,
+    })
+}
+
+/// Runs `f`, which may block on the router's bounded queue, without stalling the async
+/// runtime's other tasks: on a multi-threaded runtime the worker hands its tasks to another
+/// thread for the duration (`block_in_place`).
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// The router link failed (the router thread is gone or refused the session).
+#[derive(Debug, thiserror::Error)]
+#[error("router link failed: {0}")]
+pub(crate) struct LinkFailed(String);
+
+impl From<LinkError> for LinkFailed {
+    fn from(e: LinkError) -> Self {
+        LinkFailed(e.to_string())
+    }
+}
+
+/// Queues packets for the router and wakes it once.
+///
+/// `LinkTx::send` is async in name only: it pushes to a buffer and makes a *blocking* send on
+/// the router's bounded channel, so its future completes on the first poll.
+pub(crate) fn send_packets(
+    link: &mut LinkTx,
+    mut packets: Vec<rumqttd::protocol::Packet>,
+) -> Result<(), LinkFailed> {
+    let Some(last) = packets.pop() else {
+        return Ok(());
+    };
+    link.buffer().extend(packets);
+    off_runtime(
+        || match futures_util::FutureExt::now_or_never(link.send(last)) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(LinkFailed("send did not complete".into())),
+        },
+    )
+}
+
+/// Publishes a QoS 0, non-retained message through the router.
+pub(crate) fn publish(
+    link: &mut LinkTx,
+    topic: String,
+    payload: bytes::Bytes,
+) -> Result<(), LinkFailed> {
+    off_runtime(|| match link.publish(topic, payload) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(LinkFailed(e.to_string())),
     })
 }

@@ -175,6 +175,14 @@ pub struct Client {
     events: mpsc::UnboundedReceiver<Seen>,
     /// Packets that arrived while a helper waited for something else, in order.
     stash: std::collections::VecDeque<Seen>,
+    /// The event loop; aborting it drops the socket.
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
 }
 
 impl Client {
@@ -190,11 +198,12 @@ impl Client {
             }
         }
         let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(pump(eventloop, tx));
+        let pump = tokio::spawn(pump(eventloop, tx));
         Ok(Client {
             client,
             events,
             stash: Default::default(),
+            pump,
         })
     }
 
@@ -208,18 +217,39 @@ impl Client {
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("queue subscribe");
+        match self
+            .wait_for(|p| matches!(p, Packet::SubAck(_)), filter)
+            .await
+        {
+            Packet::SubAck(ack) => ack.return_codes,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Unsubscribes and waits for the UNSUBACK.
+    pub async fn unsubscribe(&mut self, filter: &str) {
+        self.client
+            .unsubscribe(filter)
+            .await
+            .expect("queue unsubscribe");
+        self.wait_for(|p| matches!(p, Packet::UnsubAck(_)), filter)
+            .await;
+    }
+
+    /// Waits for the first packet matching `f`; other packets stay queued, in order.
+    async fn wait_for(&mut self, f: impl Fn(&Packet) -> bool, what: &str) -> Packet {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut skipped = Vec::new();
-        let codes = loop {
+        let found = loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Seen::Packet(Packet::SubAck(ack)))) => break ack.return_codes,
-                Ok(Some(Seen::Closed(e))) => panic!("closed while subscribing to {filter}: {e}"),
+                Ok(Some(Seen::Packet(p))) if f(&p) => break p,
+                Ok(Some(Seen::Closed(e))) => panic!("closed while waiting ({what}): {e}"),
                 Ok(Some(other)) => skipped.push(other),
-                Ok(None) | Err(_) => panic!("no SUBACK for {filter}"),
+                Ok(None) | Err(_) => panic!("no answer for {what}"),
             }
         };
         self.stash.extend(skipped);
-        codes
+        found
     }
 
     pub async fn post(&self, stream: &str, payload: impl Into<Vec<u8>>) {

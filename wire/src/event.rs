@@ -72,8 +72,8 @@ pub fn encode_frame<'a>(events: impl IntoIterator<Item = &'a Bytes>) -> Bytes {
     out.freeze()
 }
 
-/// Lifecycle of a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Lifecycle of a stream. It only moves forward: created → live → ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamStatus {
     /// Created, not started: viewers may subscribe, nobody may post yet.

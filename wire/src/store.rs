@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Comment, StreamState};
+use crate::event::{Comment, StreamState, StreamStatus};
 use crate::ids::{StreamId, UserId};
 
 /// Why storage failed. Every variant is retryable from the caller's point of view: the write
@@ -55,8 +55,13 @@ pub struct ReplayCursor {
 pub trait Store: Send + Sync + 'static {
     /// Creates a stream; returns `false` (and changes nothing) if the id exists.
     async fn create_stream(&self, stream: &StreamState) -> Result<bool, StoreError>;
-    /// Replaces a stream record (lifecycle changes).
-    async fn put_stream(&self, stream: &StreamState) -> Result<(), StoreError>;
+    /// Replaces a stream record only if its stored status is still `expected` (compare and
+    /// set, so concurrent lifecycle changes cannot undo each other). Returns whether it wrote.
+    async fn update_stream(
+        &self,
+        stream: &StreamState,
+        expected: StreamStatus,
+    ) -> Result<bool, StoreError>;
     async fn get_stream(&self, id: &StreamId) -> Result<Option<StreamState>, StoreError>;
     async fn list_streams(&self) -> Result<Vec<StreamState>, StoreError>;
 

@@ -53,10 +53,17 @@ impl StreamDirectory {
         Ok(fresh)
     }
 
-    /// Records a state this process just wrote, so its next reads see it immediately.
+    /// Records a state this process just wrote or read, so its next reads see it at once.
+    /// A lifecycle only moves forward, so an older state (a slow read racing a newer write)
+    /// never replaces a newer one.
     pub fn remember(&self, state: StreamState) {
         if let Ok(mut cache) = self.cache.write() {
-            cache.insert(state.id.clone(), (state, Instant::now()));
+            match cache.get_mut(&state.id) {
+                Some((old, at)) if old.status > state.status => *at = Instant::now(),
+                _ => {
+                    cache.insert(state.id.clone(), (state, Instant::now()));
+                }
+            }
         }
     }
 }

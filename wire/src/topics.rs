@@ -55,8 +55,13 @@ pub fn parse_client_publish(topic: &str) -> Option<ClientPublish> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeTarget {
     /// A filter inside one concrete stream: `streams/{stream}/comments`, `.../state`,
-    /// `streams/{stream}/+` or `streams/{stream}/#`.
-    Stream(StreamId),
+    /// `streams/{stream}/+` or `streams/{stream}/#`. `topics` are the concrete server topics it
+    /// covers: the router is only ever given those, so overlapping filters of one client never
+    /// deliver a message twice.
+    Stream {
+        stream: StreamId,
+        topics: Vec<String>,
+    },
     /// `users/{user}/inbox` for this user.
     Inbox(UserId),
 }
@@ -69,13 +74,15 @@ pub fn parse_subscribe(filter: &str) -> Option<SubscribeTarget> {
     match levels.as_slice() {
         ["streams", stream, rest @ ..] => {
             let stream = StreamId::new(stream).ok()?;
-            match rest {
-                ["#"] | ["+"] => Some(SubscribeTarget::Stream(stream)),
-                [kind] if STREAM_SERVER_TOPICS.contains(kind) => {
-                    Some(SubscribeTarget::Stream(stream))
-                }
-                _ => None,
-            }
+            let topics = match rest {
+                ["#"] | ["+"] => STREAM_SERVER_TOPICS
+                    .iter()
+                    .map(|kind| format!("streams/{stream}/{kind}"))
+                    .collect(),
+                [kind] if STREAM_SERVER_TOPICS.contains(kind) => vec![filter.to_owned()],
+                _ => return None,
+            };
+            Some(SubscribeTarget::Stream { stream, topics })
         }
         ["users", user, "inbox"] => Some(SubscribeTarget::Inbox(UserId::new(user).ok()?)),
         _ => None,
@@ -113,15 +120,25 @@ mod tests {
 
     #[test]
     fn subscriptions_are_limited_to_one_stream_or_own_inbox() {
-        for ok in [
-            "streams/s1/comments",
-            "streams/s1/state",
-            "streams/s1/#",
-            "streams/s1/+",
+        let all = vec![
+            "streams/s1/comments".to_string(),
+            "streams/s1/state".to_string(),
+        ];
+        for (ok, topics) in [
+            (
+                "streams/s1/comments",
+                vec!["streams/s1/comments".to_string()],
+            ),
+            ("streams/s1/state", vec!["streams/s1/state".to_string()]),
+            ("streams/s1/#", all.clone()),
+            ("streams/s1/+", all),
         ] {
             assert_eq!(
                 parse_subscribe(ok),
-                Some(SubscribeTarget::Stream(s("s1"))),
+                Some(SubscribeTarget::Stream {
+                    stream: s("s1"),
+                    topics
+                }),
                 "{ok}"
             );
         }

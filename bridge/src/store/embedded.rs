@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use wire::event::{Comment, StreamState};
+use wire::event::{Comment, StreamState, StreamStatus};
 use wire::store::{DedupHit, DedupKey, ReplayCursor, Store, StoreError, StoredComment};
 use wire::StreamId;
 
@@ -97,17 +97,27 @@ fn decode_comment(bytes: &[u8]) -> Result<Comment, StoreError> {
     Ok(stored.comment)
 }
 
+/// Writes a stream record if no record exists (`expected == None`) or the stored one has the
+/// expected status; returns whether it wrote.
 fn put_stream_tx(
     db: &Database,
     quick_repair: bool,
     state: &StreamState,
-    only_if_new: bool,
+    expected: Option<StreamStatus>,
 ) -> Result<bool, StoreError> {
     let json = serde_json::to_vec(state).map_err(corrupt)?;
     let tx = begin_write(db, quick_repair)?;
     {
         let mut t = tx.open_table(STREAMS).map_err(backend)?;
-        if only_if_new && t.get(state.id.as_str()).map_err(backend)?.is_some() {
+        let current: Option<StreamStatus> = match t.get(state.id.as_str()).map_err(backend)? {
+            Some(v) => Some(
+                serde_json::from_slice::<StreamState>(v.value())
+                    .map_err(corrupt)?
+                    .status,
+            ),
+            None => None,
+        };
+        if current != expected {
             return Ok(false);
         }
         t.insert(state.id.as_str(), json.as_slice())
@@ -121,13 +131,17 @@ fn put_stream_tx(
 impl Store for EmbeddedStore {
     async fn create_stream(&self, stream: &StreamState) -> Result<bool, StoreError> {
         let (stream, qr) = (stream.clone(), self.quick_repair);
-        self.blocking(move |db| put_stream_tx(db, qr, &stream, true))
+        self.blocking(move |db| put_stream_tx(db, qr, &stream, None))
             .await
     }
 
-    async fn put_stream(&self, stream: &StreamState) -> Result<(), StoreError> {
+    async fn update_stream(
+        &self,
+        stream: &StreamState,
+        expected: StreamStatus,
+    ) -> Result<bool, StoreError> {
         let (stream, qr) = (stream.clone(), self.quick_repair);
-        self.blocking(move |db| put_stream_tx(db, qr, &stream, false).map(|_| ()))
+        self.blocking(move |db| put_stream_tx(db, qr, &stream, Some(expected)))
             .await
     }
 
@@ -316,7 +330,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::event::{StreamStatus, UserRef};
+    use wire::event::UserRef;
     use wire::UserId;
 
     fn comment(stream: &str, seq: u64, offset_ms: u64) -> StoredComment {
@@ -360,7 +374,17 @@ mod tests {
         assert!(!store.create_stream(&st).await.unwrap());
         let mut live = st.clone();
         live.status = StreamStatus::Live;
-        store.put_stream(&live).await.unwrap();
+        assert!(store
+            .update_stream(&live, StreamStatus::Created)
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .update_stream(&st, StreamStatus::Created)
+                .await
+                .unwrap(),
+            "compare and set: the stored status is live now"
+        );
         assert_eq!(store.get_stream(&st.id).await.unwrap(), Some(live));
         assert_eq!(store.list_streams().await.unwrap().len(), 1);
     }

@@ -111,24 +111,7 @@ async fn start(
     caller: Caller,
     Path(stream): Path<String>,
 ) -> Result<Json<StreamState>, ApiError> {
-    let id = parse_stream_id(&stream)?;
-    let mut s = load(&state, &id).await?;
-    may_manage(&caller, &s)?;
-    match s.status {
-        StreamStatus::Live => return Ok(Json(s)),
-        StreamStatus::Ended => {
-            return Err(ApiError::Conflict {
-                code: "stream_ended",
-                message: format!("stream {id} has ended and cannot start again"),
-            })
-        }
-        StreamStatus::Created => {}
-    }
-    s.status = StreamStatus::Live;
-    s.started_at = Some(now_ms());
-    state.streams.store().put_stream(&s).await?;
-    publish(&state, &s).await;
-    Ok(Json(s))
+    transition(state, caller, stream, StreamStatus::Live).await
 }
 
 async fn end(
@@ -136,17 +119,52 @@ async fn end(
     caller: Caller,
     Path(stream): Path<String>,
 ) -> Result<Json<StreamState>, ApiError> {
+    transition(state, caller, stream, StreamStatus::Ended).await
+}
+
+/// Moves a stream forward in its lifecycle. The write is a compare-and-set on the status read,
+/// so concurrent calls cannot move it backwards or set `started_at` twice; a lost race is
+/// retried on the fresh record.
+async fn transition(
+    state: AppState,
+    caller: Caller,
+    stream: String,
+    to: StreamStatus,
+) -> Result<Json<StreamState>, ApiError> {
     let id = parse_stream_id(&stream)?;
-    let mut s = load(&state, &id).await?;
-    may_manage(&caller, &s)?;
-    if s.status == StreamStatus::Ended {
-        return Ok(Json(s));
+    for _ in 0..3 {
+        let current = load(&state, &id).await?;
+        may_manage(&caller, &current)?;
+        if current.status == to {
+            return Ok(Json(current)); // idempotent
+        }
+        if current.status > to {
+            return Err(ApiError::Conflict {
+                code: "stream_ended",
+                message: format!("stream {id} has ended and cannot start again"),
+            });
+        }
+        let mut next = current.clone();
+        next.status = to;
+        let now = now_ms();
+        match to {
+            StreamStatus::Live => next.started_at = Some(now),
+            StreamStatus::Ended => next.ended_at = Some(now),
+            StreamStatus::Created => {}
+        }
+        if state
+            .streams
+            .store()
+            .update_stream(&next, current.status)
+            .await?
+        {
+            publish(&state, &next).await;
+            return Ok(Json(next));
+        }
     }
-    s.status = StreamStatus::Ended;
-    s.ended_at = Some(now_ms());
-    state.streams.store().put_stream(&s).await?;
-    publish(&state, &s).await;
-    Ok(Json(s))
+    Err(ApiError::Unavailable(format!(
+        "stream {id} is being changed concurrently; retry"
+    )))
 }
 
 async fn publish(state: &AppState, s: &StreamState) {
