@@ -63,10 +63,9 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     };
     let streams = StreamDirectory::new(store.clone());
 
-    let moderation = Arc::new(moderation::Moderation::new());
-    let moderation_stop = CancellationToken::new();
+    let moderation = Arc::new(moderation::Moderation::new(config.moderation.clone()));
+    let scorer = load_scorer(&config.moderation.model)?;
     let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(4096);
-    let moderation_task = tokio::spawn(moderation::run(accepted_rx, moderation_stop.clone()));
 
     let bridge_stop = CancellationToken::new();
     let (bridge, bridge_task) = Bridge::start(
@@ -80,6 +79,16 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         },
         bridge_stop.clone(),
     )?;
+    let bridge: Arc<dyn wire::ingest::Ingest> = Arc::new(bridge);
+    let moderation_stop = CancellationToken::new();
+    let moderation_task = tokio::spawn(moderation::run(
+        config.moderation.model.clone(),
+        accepted_rx,
+        scorer,
+        bridge.clone(),
+        store.clone(),
+        moderation_stop.clone(),
+    ));
 
     let node_shutdown = NodeShutdown::default();
     let node = Node::start(
@@ -103,7 +112,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         &config.http,
         AppState {
             streams,
-            ingest: Arc::new(bridge),
+            ingest: bridge,
             bus,
             keys: keys.clone(),
             metrics,
@@ -139,6 +148,50 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     })
 }
 
+/// Where `scripts/install-onnxruntime` puts the runtime library.
+fn default_onnxruntime() -> std::path::PathBuf {
+    let cache = std::env::var_os("LIVECOMMENTS_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/livecomments"))
+        })
+        .unwrap_or_else(|| ".cache/livecomments".into());
+    cache.join("onnxruntime/libonnxruntime.so.1.31.1")
+}
+
+/// The ONNX Runtime library: configured, `$ORT_DYLIB_PATH`, or the install script's place.
+pub fn onnxruntime_path(config: &moderation::ModelConfig) -> std::path::PathBuf {
+    if !config.onnxruntime.is_empty() {
+        return config.onnxruntime.clone().into();
+    }
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => p.into(),
+        _ => default_onnxruntime(),
+    }
+}
+
+/// The toxicity model, when enabled. A missing runtime library is an error with a way out,
+/// not a silent downgrade of moderation.
+fn load_scorer(
+    config: &moderation::ModelConfig,
+) -> anyhow::Result<Option<Box<dyn moderation::Scorer>>> {
+    if !config.enabled {
+        tracing::warn!("the toxicity model is disabled (moderation.model.enabled = false)");
+        return Ok(None);
+    }
+    let path = onnxruntime_path(config);
+    let model = moderation::model::ToxicityModel::load(&path).with_context(|| {
+        format!(
+            "loading the toxicity model with ONNX Runtime at {}; run scripts/install-onnxruntime, \
+             set moderation.model.onnxruntime or ORT_DYLIB_PATH, or set \
+             moderation.model.enabled = false",
+            path.display()
+        )
+    })?;
+    tracing::info!(runtime = %path.display(), "toxicity model loaded");
+    Ok(Some(Box::new(model)))
+}
+
 fn write_endpoints(config: &AppConfig, endpoints: &Endpoints) -> anyhow::Result<()> {
     let path = config.data_path("endpoints.json");
     let tmp = config.data_path("endpoints.json.tmp");
@@ -154,6 +207,9 @@ impl Running {
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
         self.node_shutdown.intake.cancel();
+        // Moderation first: its retractions still need the write path.
+        self.moderation_stop.cancel();
+        let _ = (&mut self.moderation).await;
         if tokio::time::timeout(Duration::from_secs(10), self.node.intake_stopped())
             .await
             .is_err()
@@ -168,8 +224,6 @@ impl Running {
         }
         self.bridge_stop.cancel();
         let _ = self.bridge.await;
-        self.moderation_stop.cancel();
-        let _ = self.moderation.await;
         self.node_shutdown.relay.cancel();
         self.node.relay_finished().await;
         // Give connections a moment to write the last frames and answers.

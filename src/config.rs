@@ -28,6 +28,7 @@ pub struct AppConfig {
     pub bridge: BridgeConfig,
     pub store: StoreConfig,
     pub bus: BusConfig,
+    pub moderation: moderation::ModerationConfig,
     pub log: LogConfig,
 }
 
@@ -133,6 +134,7 @@ impl AppConfig {
         let mut errors = self.broker().validate();
         errors.extend(self.bridge.validate());
         errors.extend(self.http.validate());
+        errors.extend(self.moderation.validate());
         let secret = &self.auth.jwt_secret;
         if !secret.is_empty() && secret.len() < 32 {
             errors.push("auth.jwt_secret must be at least 32 characters (or empty)".into());

@@ -36,6 +36,7 @@ use wire::bus::{Bus, Submission};
 use wire::event::Comment;
 use wire::inbox::{Outcome, RejectCode, Rejected};
 use wire::ingest::Ingest;
+use wire::moderation::{Action, ActionError, ActionOutcome};
 use wire::store::Store;
 use wire::streams::StreamDirectory;
 
@@ -87,10 +88,17 @@ pub struct BridgeDeps {
     pub accepted: Option<mpsc::Sender<Comment>>,
 }
 
-pub(crate) struct Job {
-    submission: Submission,
-    /// `None`: answer on the author's inbox (MQTT).
-    reply: Option<oneshot::Sender<Outcome>>,
+pub(crate) enum Job {
+    /// A post or report; answered on the author's inbox (MQTT) or to the caller (HTTP).
+    Submit {
+        submission: Submission,
+        reply: writer::Reply,
+    },
+    /// A moderation action.
+    Act {
+        action: Action,
+        reply: oneshot::Sender<Result<ActionOutcome, ActionError>>,
+    },
 }
 
 /// A handle to the write path; cheap to clone.
@@ -143,7 +151,8 @@ async fn consume(
                 // Drain what nodes already accepted (and PUBACKed) before stopping.
                 submissions.close();
                 while let Some(submission) = submissions.recv().await {
-                    if jobs.send(Job { submission, reply: None }).await.is_err() {
+                    let job = Job::Submit { submission, reply: writer::Reply::Inbox };
+                    if jobs.send(job).await.is_err() {
                         break;
                     }
                 }
@@ -151,14 +160,11 @@ async fn consume(
             }
         };
         let Some(submission) = next else { break };
-        if jobs
-            .send(Job {
-                submission,
-                reply: None,
-            })
-            .await
-            .is_err()
-        {
+        let job = Job::Submit {
+            submission,
+            reply: writer::Reply::Inbox,
+        };
+        if jobs.send(job).await.is_err() {
             break;
         }
     }
@@ -177,9 +183,9 @@ impl Ingest for Bridge {
             )
             .retry_after(1000)
         };
-        let job = Job {
+        let job = Job::Submit {
             submission,
-            reply: Some(tx),
+            reply: writer::Reply::Caller(tx),
         };
         // One deadline for queueing and processing, shorter than the HTTP request timeout, so
         // a caller always gets a JSON answer. A late result is still stored; the retry with
@@ -191,6 +197,21 @@ impl Ingest for Bridge {
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(outcome)) => outcome,
+            _ => Err(unavailable()),
+        }
+    }
+
+    async fn act(&self, action: Action) -> Result<ActionOutcome, ActionError> {
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || ActionError::Unavailable("the write path is overloaded".into());
+        let deadline = tokio::time::Instant::now() + SUBMIT_TIMEOUT;
+        let job = Job::Act { action, reply: tx };
+        match tokio::time::timeout_at(deadline, self.jobs.send(job)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(unavailable()),
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
             _ => Err(unavailable()),
         }
     }

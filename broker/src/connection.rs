@@ -32,12 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use wire::auth::Identity;
-use wire::bus::{Author, Origin, Submission};
+use wire::bus::{Author, Origin, Submission, SubmissionKind};
 use wire::inbox::{InboxMessage, RejectCode, Rejected};
 use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
 
-use crate::registry::{Registry, SlotGuard};
+use crate::registry::{Direct, Registry, SlotGuard};
 use crate::router;
 use crate::transport::Transport;
 use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
@@ -46,8 +46,9 @@ use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
 const STREAM_EXISTS_CACHE: Duration = Duration::from_secs(60);
 /// Write to the socket once this much is buffered, even mid-batch.
 const WRITE_CHUNK: usize = 256 * 1024;
-/// Inbox messages queued per connection before further ones are dropped.
-const INBOX_QUEUE: usize = 64;
+/// Direct messages (inbox answers, private frames) queued per connection before further ones
+/// are dropped.
+const DIRECT_QUEUE: usize = 64;
 
 pub(crate) struct NodeCtx {
     pub config: BrokerConfig,
@@ -190,7 +191,8 @@ pub(crate) async fn serve(
     );
     let keepalive = (connect.keep_alive > 0)
         .then(|| Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2);
-    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
+    let (direct_tx, direct_rx) = mpsc::channel(DIRECT_QUEUE);
+    ctx.registry.attach(&identity.user, uid, direct_tx);
     let inbox_topic = topics::inbox(&identity.user);
     let mut session = Session {
         ctx: ctx.clone(),
@@ -203,7 +205,6 @@ pub(crate) async fn serve(
         link_tx,
         link_rx,
         slot: Some(slot),
-        inbox_tx,
         inbox_topic,
         inbox_subscribed: false,
         filters: HashMap::new(),
@@ -215,7 +216,7 @@ pub(crate) async fn serve(
     };
     metrics::gauge!("livecomments_mqtt_connections", "transport" => transport_name).increment(1.0);
     async move {
-        let reason = session.run(keepalive, inbox_rx, kicked).await;
+        let reason = session.run(keepalive, direct_rx, kicked).await;
         tracing::debug!(%reason, "connection closed");
         session.teardown().await;
     }
@@ -268,7 +269,6 @@ struct Session {
     link_tx: LinkTx,
     link_rx: LinkRx,
     slot: Option<SlotGuard>,
-    inbox_tx: mpsc::Sender<Bytes>,
     inbox_topic: String,
     inbox_subscribed: bool,
     /// The client's granted stream filters → the concrete topics each covers.
@@ -292,7 +292,7 @@ impl Session {
     async fn run(
         &mut self,
         keepalive: Option<Duration>,
-        mut inbox_rx: mpsc::Receiver<Bytes>,
+        mut direct_rx: mpsc::Receiver<Direct>,
         kicked: CancellationToken,
     ) -> Close {
         if let Err(c) = self.write_packet(CPacket::ConnAck(ConnAck::new(
@@ -344,11 +344,11 @@ impl Session {
                     Close::KeepAlive
                 }),
                 n = self.link_rx.next() => self.on_router(n).await,
-                Some(payload) = inbox_rx.recv() => {
-                    let mut r = self.write_inbox(payload);
+                Some(message) = direct_rx.recv() => {
+                    let mut r = self.write_direct(message);
                     while r.is_ok() {
-                        match inbox_rx.try_recv() {
-                            Ok(p) => r = self.write_inbox(p),
+                        match direct_rx.try_recv() {
+                            Ok(m) => r = self.write_direct(m),
                             Err(_) => break,
                         }
                     }
@@ -412,10 +412,14 @@ impl Session {
     }
 
     fn on_publish(&mut self, p: CPublish) -> Result<(), Close> {
-        let Some(ClientPublish::Post(stream)) = topics::parse_client_publish(&p.topic) else {
-            metrics::counter!("livecomments_publish_denied_total").increment(1);
-            tracing::warn!(topic = %p.topic, "publish outside the policy; closing");
-            return Err(Close::Forbidden(format!("publish to {}", p.topic)));
+        let (kind, stream) = match topics::parse_client_publish(&p.topic) {
+            Some(ClientPublish::Post(s)) => (SubmissionKind::Post, s),
+            Some(ClientPublish::Report(s)) => (SubmissionKind::Report, s),
+            None => {
+                metrics::counter!("livecomments_publish_denied_total").increment(1);
+                tracing::warn!(topic = %p.topic, "publish outside the policy; closing");
+                return Err(Close::Forbidden(format!("publish to {}", p.topic)));
+            }
         };
         let limited = self
             .post_limit
@@ -445,6 +449,7 @@ impl Session {
             return self.ack_publish(&p);
         }
         let submission = Submission {
+            kind,
             stream,
             author: Author::from(&self.identity),
             payload: p.payload.clone(),
@@ -505,9 +510,6 @@ impl Session {
         for f in &s.filters {
             let granted = match topics::parse_subscribe(&f.path) {
                 Some(SubscribeTarget::Inbox(user)) if user == self.identity.user => {
-                    self.ctx
-                        .registry
-                        .subscribe_inbox(&user, self.uid, self.inbox_tx.clone());
                     self.inbox_subscribed = true;
                     true
                 }
@@ -565,7 +567,6 @@ impl Session {
         for f in u.topics {
             if let Some(SubscribeTarget::Inbox(user)) = topics::parse_subscribe(&f) {
                 if user == self.identity.user {
-                    self.ctx.registry.unsubscribe_inbox(&user, self.uid);
                     self.inbox_subscribed = false;
                 }
                 continue;
@@ -661,6 +662,21 @@ impl Session {
         self.write_packet(CPacket::Publish(publish))
     }
 
+    /// A message for this user: written if this connection subscribed to its topic.
+    fn write_direct(&mut self, (topic, payload): Direct) -> Result<(), Close> {
+        if topic == self.inbox_topic {
+            if self.inbox_subscribed {
+                return self.write_inbox(payload);
+            }
+            return Ok(());
+        }
+        if self.held.contains_key(&topic) {
+            let publish = CPublish::from_bytes(topic, CQoS::AtMostOnce, payload);
+            return self.write_packet(CPacket::Publish(publish));
+        }
+        Ok(())
+    }
+
     fn write_packet(&mut self, p: CPacket) -> Result<(), Close> {
         p.write(&mut self.out, usize::MAX)
             .map(|_| ())
@@ -689,9 +705,7 @@ impl Session {
     async fn teardown(&mut self) {
         self.reader = None;
         let reg = &self.ctx.registry;
-        if self.inbox_subscribed {
-            reg.unsubscribe_inbox(&self.identity.user, self.uid);
-        }
+        reg.detach(&self.identity.user, self.uid);
         reg.leave(&self.identity.user, &self.client_id, self.uid);
         // Tell the router this session is gone before its slot can be reused.
         let bye = RPacket::Disconnect(

@@ -6,8 +6,10 @@
 //! - **Router slots**: router sessions are named `c{slot}` with the lowest free slot, so the
 //!   router's per-client-id records (which it never frees) stay bounded by the peak number of
 //!   concurrent connections instead of growing with every client id ever seen.
-//! - **Inboxes**: `users/{user}/inbox` is served by the node itself: an answer for a user goes
-//!   to that user's connections that subscribed to it, without a router filter per user.
+//! - **Direct messages**: `users/{user}/inbox` is served by the node itself, and so are the
+//!   private frames a shadow-banned author sees: a message for a user goes to that user's
+//!   connections (each one writes it only if it subscribed to the topic), without a router
+//!   filter per user.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,15 +21,17 @@ use tokio_util::sync::CancellationToken;
 use wire::UserId;
 
 type TakeoverKey = (UserId, String);
-/// A user's connections that subscribed to the inbox: (connection uid, its queue).
-type InboxQueues = Vec<(u64, mpsc::Sender<Bytes>)>;
+/// A message for one user's connections: (topic, payload).
+pub(crate) type Direct = (String, Bytes);
+/// A user's connections: (connection uid, its queue of direct messages).
+type DirectQueues = Vec<(u64, mpsc::Sender<Direct>)>;
 
 #[derive(Default)]
 pub(crate) struct Registry {
     next_uid: AtomicU64,
     sessions: Mutex<HashMap<TakeoverKey, (u64, CancellationToken)>>,
     slots: Mutex<Slots>,
-    inboxes: Mutex<HashMap<UserId, InboxQueues>>,
+    direct: Mutex<HashMap<UserId, DirectQueues>>,
 }
 
 #[derive(Default)]
@@ -101,34 +105,32 @@ impl Registry {
         }
     }
 
-    pub(crate) fn subscribe_inbox(&self, user: &UserId, uid: u64, tx: mpsc::Sender<Bytes>) {
-        let mut inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = inboxes.entry(user.clone()).or_default();
-        if !list.iter().any(|(u, _)| *u == uid) {
-            list.push((uid, tx));
-        }
+    /// Registers a connection for direct messages to its user.
+    pub(crate) fn attach(&self, user: &UserId, uid: u64, tx: mpsc::Sender<Direct>) {
+        let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+        direct.entry(user.clone()).or_default().push((uid, tx));
     }
 
-    pub(crate) fn unsubscribe_inbox(&self, user: &UserId, uid: u64) {
-        let mut inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(list) = inboxes.get_mut(user) {
+    pub(crate) fn detach(&self, user: &UserId, uid: u64) {
+        let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = direct.get_mut(user) {
             list.retain(|(u, _)| *u != uid);
             if list.is_empty() {
-                inboxes.remove(user);
+                direct.remove(user);
             }
         }
     }
 
-    /// Hands an inbox message to every local connection of the user that subscribed to its
-    /// inbox. A connection whose queue is full misses it (the client's retry with the same
-    /// `client_msg_id` gets the answer again). Returns the number of connections reached.
-    pub(crate) fn deliver_inbox(&self, user: &UserId, payload: &Bytes) -> usize {
-        let inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(list) = inboxes.get(user) else {
+    /// Hands a message to every local connection of the user; each writes it only if it
+    /// subscribed to `topic`. A connection whose queue is full misses it (an inbox answer is
+    /// given again to a retry with the same `client_msg_id`). Returns the connections reached.
+    pub(crate) fn deliver(&self, user: &UserId, topic: &str, payload: &Bytes) -> usize {
+        let direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(list) = direct.get(user) else {
             return 0;
         };
         list.iter()
-            .filter(|(_, tx)| tx.try_send(payload.clone()).is_ok())
+            .filter(|(_, tx)| tx.try_send((topic.to_owned(), payload.clone())).is_ok())
             .count()
     }
 }
@@ -172,17 +174,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn inbox_reaches_subscribed_connections_only() {
+    async fn direct_messages_reach_the_users_connections() {
         let r = Registry::default();
         let (tx1, mut rx1) = mpsc::channel(4);
         let (tx2, mut rx2) = mpsc::channel(4);
-        r.subscribe_inbox(&u("alice"), 1, tx1);
-        r.subscribe_inbox(&u("alice"), 2, tx2);
-        assert_eq!(r.deliver_inbox(&u("alice"), &Bytes::from_static(b"x")), 2);
-        assert_eq!(r.deliver_inbox(&u("bob"), &Bytes::from_static(b"y")), 0);
-        assert_eq!(rx1.recv().await.unwrap(), "x");
-        assert_eq!(rx2.recv().await.unwrap(), "x");
-        r.unsubscribe_inbox(&u("alice"), 1);
-        assert_eq!(r.deliver_inbox(&u("alice"), &Bytes::from_static(b"z")), 1);
+        r.attach(&u("alice"), 1, tx1);
+        r.attach(&u("alice"), 2, tx2);
+        assert_eq!(r.deliver(&u("alice"), "t", &Bytes::from_static(b"x")), 2);
+        assert_eq!(r.deliver(&u("bob"), "t", &Bytes::from_static(b"y")), 0);
+        assert_eq!(
+            rx1.recv().await.unwrap(),
+            ("t".to_string(), Bytes::from_static(b"x"))
+        );
+        assert_eq!(rx2.recv().await.unwrap().1, "x");
+        r.detach(&u("alice"), 1);
+        assert_eq!(r.deliver(&u("alice"), "t", &Bytes::from_static(b"z")), 1);
+        r.detach(&u("alice"), 2);
+        assert!(
+            r.direct.lock().unwrap().is_empty(),
+            "no entry left for a gone user"
+        );
     }
 }

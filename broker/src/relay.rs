@@ -130,7 +130,15 @@ impl Relay {
                 p.received_at_ms.push(received_at_ms);
             }
             Delivery::Inbox { user, payload } => {
-                self.registry.deliver_inbox(&user, &payload);
+                self.registry
+                    .deliver(&user, &topics::inbox(&user), &payload);
+            }
+            Delivery::Private {
+                user,
+                topic,
+                payload,
+            } => {
+                self.registry.deliver(&user, &topic, &payload);
             }
             Delivery::Retained { topic, payload } => {
                 if payload.is_empty() {

@@ -28,6 +28,21 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+impl From<wire::moderation::ActionError> for ApiError {
+    fn from(e: wire::moderation::ActionError) -> Self {
+        use wire::moderation::ActionError as E;
+        match e {
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::Invalid(m) => ApiError::bad_request(m),
+            E::Conflict(m) => ApiError::Conflict {
+                code: "conflict",
+                message: m,
+            },
+            E::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::BadRequest {
@@ -47,7 +62,9 @@ struct Body<'a> {
 
 fn reject_status(code: RejectCode) -> StatusCode {
     match code {
-        RejectCode::Empty | RejectCode::TooLong | RejectCode::Invalid => StatusCode::BAD_REQUEST,
+        RejectCode::Empty | RejectCode::TooLong | RejectCode::Invalid | RejectCode::Blocked => {
+            StatusCode::BAD_REQUEST
+        }
         RejectCode::StreamNotLive => StatusCode::NOT_FOUND,
         RejectCode::RateLimited | RejectCode::SlowMode => StatusCode::TOO_MANY_REQUESTS,
         RejectCode::Banned => StatusCode::FORBIDDEN,

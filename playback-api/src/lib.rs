@@ -75,6 +75,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(routes::streams::router())
         .merge(routes::comments::router())
+        .merge(routes::moderation::router())
         .merge(routes::ops::router())
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(

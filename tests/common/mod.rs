@@ -37,6 +37,8 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
     c.ws.port = 0;
     c.http.host = "127.0.0.1".into();
     c.http.port = 0;
+    // Tests that need the ONNX model turn it on.
+    c.moderation.model.enabled = false;
     c
 }
 
@@ -297,16 +299,28 @@ impl Client {
         }
     }
 
-    /// The next message on `topic` as JSON.
+    /// The next message on `topic` as JSON. Messages on other topics stay queued, in order,
+    /// for later calls.
     pub async fn next_on(&mut self, topic: &str, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (t, payload) = self.next_publish(left).await?;
-            if t == topic {
-                return Some(serde_json::from_slice(&payload).expect("json payload"));
+        let mut skipped = Vec::new();
+        let found = loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Ok(Some(Seen::Packet(Packet::Publish(p)))) if p.topic == topic => {
+                    break Some(serde_json::from_slice(&p.payload).expect("json payload"));
+                }
+                Ok(Some(Seen::Closed(e))) => {
+                    skipped.push(Seen::Closed(e));
+                    break None;
+                }
+                Ok(Some(other)) => skipped.push(other),
+                Ok(None) | Err(_) => break None,
             }
+        };
+        for s in skipped.into_iter().rev() {
+            self.stash.push_front(s);
         }
+        found
     }
 
     /// Comment events received on `streams/{stream}/comments` until `n` arrived or `wait`

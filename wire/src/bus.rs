@@ -51,10 +51,23 @@ pub enum Origin {
     Http,
 }
 
-/// A client's post before validation. The payload is the raw body; the bridge parses it so that
-/// MQTT and HTTP posts share one validation.
+/// What a client submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmissionKind {
+    /// A comment: `{"text", "client_msg_id", "reply_to"}`.
+    #[default]
+    Post,
+    /// A report of a comment: `{"comment_id", "reason"}`.
+    Report,
+}
+
+/// A client's post or report before validation. The payload is the raw body; the bridge
+/// parses it so that MQTT and HTTP submissions share one validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submission {
+    #[serde(default)]
+    pub kind: SubmissionKind,
     pub stream: StreamId,
     pub author: Author,
     pub payload: Bytes,
@@ -77,6 +90,13 @@ pub enum Delivery {
     Inbox { user: UserId, payload: Bytes },
     /// A retained message (e.g. `streams/{stream}/state`). Payload is never empty.
     Retained { topic: String, payload: Bytes },
+    /// A message for one user's connections that subscribed to `topic` (a shadow-banned
+    /// author's own comments, which nobody else receives).
+    Private {
+        user: UserId,
+        topic: String,
+        payload: Bytes,
+    },
 }
 
 impl Delivery {

@@ -35,12 +35,46 @@ pub struct Comment {
     pub reply_to: Option<String>,
 }
 
-/// One event inside a delivery frame. Later features add variants; clients ignore types they
-/// do not know.
+/// One event inside a delivery frame and in catch-up. Later features add variants; clients
+/// ignore types they do not know. Every event has its own `seq` in the stream's sequence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Comment(Comment),
+    /// Remove the comment `id` from view (abuse, moderation).
+    Retract(Retraction),
+    /// Show the comment `id` again (a retraction was overturned).
+    Restore(Restoration),
+}
+
+/// `{"type":"retract","id":"<comment id>","seq":<this event's seq>,"reason":"..."}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retraction {
+    /// The retracted comment.
+    pub id: String,
+    /// This event's position in the stream's sequence (after the comment's own `seq`).
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// `{"type":"restore","id":"<comment id>","seq":<this event's seq>,"comment":{...}}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restoration {
+    pub id: String,
+    pub seq: u64,
+    /// The comment as it was (with its original `seq`), so clients can show it again.
+    pub comment: Comment,
+}
+
+impl Event {
+    /// This event's position in the stream's sequence.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Event::Comment(c) => c.seq,
+            Event::Retract(r) => r.seq,
+            Event::Restore(r) => r.seq,
+        }
+    }
 }
 
 impl Event {

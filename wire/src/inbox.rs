@@ -23,6 +23,8 @@ pub enum RejectCode {
     StreamNotLive,
     /// The service cannot store the comment right now (overload, storage down); retryable.
     Unavailable,
+    /// A moderation rule refused the text (blocklist, links, spam).
+    Blocked,
 }
 
 impl RejectCode {
@@ -36,6 +38,7 @@ impl RejectCode {
             RejectCode::Banned => "banned",
             RejectCode::StreamNotLive => "stream_not_live",
             RejectCode::Unavailable => "unavailable",
+            RejectCode::Blocked => "blocked",
         }
     }
 
@@ -87,8 +90,32 @@ impl Rejected {
     }
 }
 
+/// How a submission ended well.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Accepted(Accepted),
+    Held(Held),
+    Reported(Reported),
+}
+
 /// The outcome of one submission.
-pub type Outcome = Result<Accepted, Rejected>;
+pub type Outcome = Result<Answer, Rejected>;
+
+/// A post a rule held for review: nobody sees it unless a moderator approves it, and then
+/// the poster gets an `ack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub client_msg_id: String,
+    /// The review-queue item.
+    pub id: String,
+    pub message: String,
+}
+
+/// A report was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    pub comment_id: String,
+}
 
 /// A message on a user's inbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,12 +123,16 @@ pub type Outcome = Result<Accepted, Rejected>;
 pub enum InboxMessage {
     Ack(Accepted),
     Reject(Rejected),
+    Held(Held),
+    Reported(Reported),
 }
 
 impl From<Outcome> for InboxMessage {
     fn from(o: Outcome) -> Self {
         match o {
-            Ok(a) => InboxMessage::Ack(a),
+            Ok(Answer::Accepted(a)) => InboxMessage::Ack(a),
+            Ok(Answer::Held(h)) => InboxMessage::Held(h),
+            Ok(Answer::Reported(r)) => InboxMessage::Reported(r),
             Err(r) => InboxMessage::Reject(r),
         }
     }
@@ -150,6 +181,7 @@ mod tests {
             RejectCode::Banned,
             RejectCode::StreamNotLive,
             RejectCode::Unavailable,
+            RejectCode::Blocked,
         ] {
             assert_eq!(
                 serde_json::to_value(c).unwrap(),

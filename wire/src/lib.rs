@@ -15,6 +15,7 @@
 //! - [`store`] — the storage trait and its record types.
 //! - [`bus`] — the bus between broker nodes and bridges, with the in-process implementation.
 //! - [`ingest`] — the write-path entry point the HTTP API and the bus consumer call.
+//! - [`moderation`] — bans, review-queue items, reports, audit entries, moderation actions.
 //! - [`streams`] — a cache of stream records shared by the broker, bridge and API.
 //! - [`time`] — wall-clock helpers (milliseconds since the Unix epoch).
 
@@ -24,6 +25,7 @@ pub mod event;
 pub mod ids;
 pub mod inbox;
 pub mod ingest;
+pub mod moderation;
 pub mod store;
 pub mod streams;
 pub mod time;

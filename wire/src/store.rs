@@ -6,8 +6,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Comment, StreamState, StreamStatus};
+use crate::event::{Comment, Event, StreamState, StreamStatus};
 use crate::ids::{StreamId, UserId};
+use crate::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 
 /// Why storage failed. Every variant is retryable from the caller's point of view: the write
 /// path answers `unavailable` and the client retries with the same `client_msg_id`.
@@ -21,12 +22,65 @@ pub enum StoreError {
     Task(String),
 }
 
+/// Who may see a stored comment.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Visibility {
+    #[default]
+    Visible,
+    /// Removed by a moderator, the model or reports; kept for the audit trail and appeals.
+    Retracted {
+        reason: String,
+        actor: String,
+        at: i64,
+    },
+    /// Posted by a shadow-banned user: stored and acknowledged, shown to nobody else.
+    Shadow,
+}
+
 /// A comment with the fields only the write path needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredComment {
     pub comment: Comment,
     /// The poster's idempotency key; `(stream, user, client_msg_id)` is unique.
     pub client_msg_id: String,
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// One row of a stream's event log, keyed by `(stream, seq)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredEvent {
+    Comment(StoredComment),
+    /// Marks comment `comment_seq` retracted (its row is updated in the same transaction).
+    Retract {
+        stream: StreamId,
+        seq: u64,
+        comment_seq: u64,
+        comment_id: String,
+        reason: String,
+        actor: String,
+        at: i64,
+    },
+    /// Makes comment `comment_seq` visible again.
+    Restore {
+        stream: StreamId,
+        seq: u64,
+        comment_seq: u64,
+        comment_id: String,
+        actor: String,
+        at: i64,
+    },
+}
+
+impl StoredEvent {
+    pub fn seq(&self) -> u64 {
+        match self {
+            StoredEvent::Comment(c) => c.comment.seq,
+            StoredEvent::Retract { seq, .. } | StoredEvent::Restore { seq, .. } => *seq,
+        }
+    }
 }
 
 /// Identifies a submission for de-duplication of retries.
@@ -37,11 +91,13 @@ pub struct DedupKey {
     pub client_msg_id: String,
 }
 
-/// What a previous submission with the same [`DedupKey`] was stored as.
+/// What a previous submission with the same [`DedupKey`] became.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DedupHit {
-    pub id: String,
-    pub seq: u64,
+pub enum DedupHit {
+    /// Stored as comment `id` with `seq`.
+    Stored { id: String, seq: u64 },
+    /// Held for review as queue item `item`.
+    Held { item: String },
 }
 
 /// Where a replay page starts: after this `(offset_ms, seq)` position.
@@ -69,11 +125,19 @@ pub trait Store: Send + Sync + 'static {
     async fn last_seq(&self, stream: &StreamId) -> Result<u64, StoreError>;
     /// Looks up earlier submissions with the same keys, in order.
     async fn find_dedup(&self, keys: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError>;
-    /// Stores comments durably (all or nothing). When this returns `Ok`, they survive a crash.
-    async fn append(&self, comments: &[StoredComment]) -> Result<(), StoreError>;
+    /// Stores events durably (all or nothing): comments with their indexes, retractions and
+    /// restorations with the change to the comment they address. When this returns `Ok`, they
+    /// survive a crash.
+    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
+    /// A comment by id, whatever its visibility.
+    async fn find_comment(
+        &self,
+        stream: &StreamId,
+        id: &str,
+    ) -> Result<Option<StoredComment>, StoreError>;
 
-    /// Comments with `from_ms <= offset_ms < to_ms`, ordered by `(offset_ms, seq)`, starting
-    /// after `after` when given, at most `limit`.
+    /// Visible comments with `from_ms <= offset_ms < to_ms`, ordered by `(offset_ms, seq)`,
+    /// starting after `after` when given, at most `limit`.
     async fn replay(
         &self,
         stream: &StreamId,
@@ -82,11 +146,47 @@ pub trait Store: Send + Sync + 'static {
         after: Option<ReplayCursor>,
         limit: usize,
     ) -> Result<Vec<Comment>, StoreError>;
-    /// Comments with `seq > after_seq`, ascending, at most `limit`.
+    /// Events with `seq > after_seq`, ascending, at most `limit`: visible comments,
+    /// retractions, and restorations of comments that are visible now.
     async fn after_seq(
         &self,
         stream: &StreamId,
         after_seq: u64,
         limit: usize,
-    ) -> Result<Vec<Comment>, StoreError>;
+    ) -> Result<Vec<Event>, StoreError>;
+
+    // ---- moderation state ----
+
+    async fn put_ban(&self, ban: &Ban) -> Result<(), StoreError>;
+    /// Removes a ban; returns whether one existed.
+    async fn delete_ban(&self, user: &UserId, scope: &BanScope) -> Result<bool, StoreError>;
+    /// Every ban recorded for these users (expired ones included; callers check `until`).
+    async fn bans_of(&self, users: &[UserId]) -> Result<Vec<Ban>, StoreError>;
+
+    async fn put_queue_item(&self, item: &QueueItem) -> Result<(), StoreError>;
+    async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError>;
+    /// The open item about a comment, if any.
+    async fn queue_item_for_comment(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<Option<QueueItem>, StoreError>;
+    /// Items, newest first, optionally of one stream and one status.
+    async fn list_queue(
+        &self,
+        stream: Option<&StreamId>,
+        status: Option<QueueStatus>,
+        limit: usize,
+    ) -> Result<Vec<QueueItem>, StoreError>;
+    /// Records a strike against a user; returns the strikes within `window_ms` of `at`.
+    async fn add_strike(&self, user: &UserId, at: i64, window_ms: i64) -> Result<u32, StoreError>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit entries, newest first, optionally of one stream, older than `before` (ms).
+    async fn list_audit(
+        &self,
+        stream: Option<&StreamId>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }

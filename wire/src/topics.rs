@@ -21,6 +21,11 @@ pub fn state(stream: &StreamId) -> String {
     format!("streams/{stream}/state")
 }
 
+/// Viewer reports of comments (QoS 1): `streams/{stream}/report`.
+pub fn report(stream: &StreamId) -> String {
+    format!("streams/{stream}/report")
+}
+
 /// A user's private inbox (acks and rejects): `users/{user}/inbox`.
 pub fn inbox(user: &UserId) -> String {
     format!("users/{user}/inbox")
@@ -31,6 +36,8 @@ pub fn inbox(user: &UserId) -> String {
 pub enum ClientPublish {
     /// `streams/{stream}/post`
     Post(StreamId),
+    /// `streams/{stream}/report`
+    Report(StreamId),
 }
 
 /// Server → client topic kinds under `streams/{stream}/`; clients may subscribe to these.
@@ -47,6 +54,7 @@ pub fn parse_client_publish(topic: &str) -> Option<ClientPublish> {
     let stream = StreamId::new(stream).ok()?;
     match kind {
         "post" => Some(ClientPublish::Post(stream)),
+        "report" => Some(ClientPublish::Report(stream)),
         _ => None,
     }
 }
@@ -103,6 +111,10 @@ mod tests {
             parse_client_publish("streams/s1/post"),
             Some(ClientPublish::Post(s("s1")))
         );
+        assert_eq!(
+            parse_client_publish("streams/s1/report"),
+            Some(ClientPublish::Report(s("s1")))
+        );
         for bad in [
             "streams/s1/comments",
             "streams/s1/state",
@@ -153,6 +165,7 @@ mod tests {
             "streams/+/comments",
             "streams/+/#",
             "streams/s1/post",
+            "streams/s1/report",
             "streams/s1/comments/#",
             "users/+/inbox",
             "users/#",

@@ -1,34 +1,51 @@
 //! The embedded store: one redb file, crash-safe, no external service.
 //!
 //! Why redb (the evidence is in docs/storage.md): a copy-on-write B+tree with checksummed
-//! two-slot commits, so a `kill -9` at any point leaves the last committed transaction intact;
-//! a commit with `Durability::Immediate` (the default) is fsynced before `commit()` returns, and
-//! the bridge puts a whole batch of comments in one transaction (group commit), so durability
-//! costs one fsync per batch, not per comment; ordered tuple keys give the two range scans
-//! replay needs.
+//! commits, so a `kill -9` at any point leaves the last committed transaction intact; a commit
+//! with `Durability::Immediate` (the default) is fsynced before `commit()` returns, and the
+//! bridge puts a whole batch in one transaction (group commit), so durability costs one fsync
+//! per batch, not per comment; ordered tuple keys give the range scans replay needs.
 //!
-//! Tables (all keys start with the stream id, so one stream's rows are contiguous):
-//! - `streams`:     stream → `StreamState` (JSON)
-//! - `comments`:    (stream, seq) → `StoredComment` (JSON) — catch-up scans this
-//! - `by_time`:     (stream, offset_ms, seq) → () — replay windows seek here
-//! - `dedup`:       (stream, user, client_msg_id) → seq — retries get the first answer
-//! - `comment_ids`: (stream, comment id) → seq — moderator actions address comments by id
+//! Tables (stream-scoped keys start with the stream id, so a stream's rows are contiguous):
+//! - `streams`:       stream → `StreamState` (JSON)
+//! - `events`:        (stream, seq) → `StoredEvent` (JSON) — the stream's log; catch-up scans it
+//! - `by_time`:       (stream, offset_ms, seq) → () — replay windows seek here (comments only)
+//! - `dedup`:         (stream, user, client_msg_id) → seq — retries get the first answer
+//! - `comment_ids`:   (stream, comment id) → seq — moderator actions address comments by id
+//! - `bans`:          (user, scope) → `Ban` (JSON)
+//! - `queue`:         item id (ULID, time-ordered) → `QueueItem` (JSON)
+//! - `queue_comment`: (stream, comment id) → item id of the comment's open item
+//! - `held_dedup`:    (stream, user, client_msg_id) → item id of a held post
+//! - `strikes`:       (user, at) → ()
+//! - `audit`:         (at, entry id) → `AuditEntry` (JSON)
 
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use wire::event::{Comment, StreamState, StreamStatus};
-use wire::store::{DedupHit, DedupKey, ReplayCursor, Store, StoreError, StoredComment};
-use wire::StreamId;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use wire::event::{Comment, Event, Restoration, Retraction, StreamState, StreamStatus};
+use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
+use wire::store::{
+    DedupHit, DedupKey, ReplayCursor, Store, StoreError, StoredComment, StoredEvent, Visibility,
+};
+use wire::{StreamId, UserId};
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
-const COMMENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("comments");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const BY_TIME: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by_time");
 const DEDUP: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("dedup");
 const COMMENT_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("comment_ids");
+const BANS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("bans");
+const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
+const QUEUE_COMMENT: TableDefinition<(&str, &str), &str> = TableDefinition::new("queue_comment");
+const HELD_DEDUP: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("held_dedup");
+const STRIKES: TableDefinition<(&str, i64), ()> = TableDefinition::new("strikes");
+const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -36,6 +53,14 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(corrupt)
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(corrupt)
 }
 
 /// A redb database shared by the write path and the readers (MVCC: readers never block the
@@ -60,10 +85,16 @@ impl EmbeddedStore {
         let tx = begin_write(&db, quick_repair)?;
         {
             tx.open_table(STREAMS).map_err(backend)?;
-            tx.open_table(COMMENTS).map_err(backend)?;
+            tx.open_table(EVENTS).map_err(backend)?;
             tx.open_table(BY_TIME).map_err(backend)?;
             tx.open_table(DEDUP).map_err(backend)?;
             tx.open_table(COMMENT_IDS).map_err(backend)?;
+            tx.open_table(BANS).map_err(backend)?;
+            tx.open_table(QUEUE).map_err(backend)?;
+            tx.open_table(QUEUE_COMMENT).map_err(backend)?;
+            tx.open_table(HELD_DEDUP).map_err(backend)?;
+            tx.open_table(STRIKES).map_err(backend)?;
+            tx.open_table(AUDIT).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
         Ok(EmbeddedStore {
@@ -72,67 +103,105 @@ impl EmbeddedStore {
         })
     }
 
-    /// Runs blocking database work off the async runtime.
-    async fn blocking<T: Send + 'static>(
+    /// Runs a read transaction off the async runtime.
+    async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(backend)?;
+            f(&tx)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs a durable write transaction off the async runtime; commits when `f` succeeds.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (db, qr) = (self.db.clone(), self.quick_repair);
+        tokio::task::spawn_blocking(move || {
+            let tx = begin_write(&db, qr)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 
 /// A durable write transaction (redb's default `Durability::Immediate`: `commit()` returns
 /// after fsync).
-fn begin_write(db: &Database, quick_repair: bool) -> Result<redb::WriteTransaction, StoreError> {
+fn begin_write(db: &Database, quick_repair: bool) -> Result<WriteTransaction, StoreError> {
     let mut tx = db.begin_write().map_err(backend)?;
     tx.set_quick_repair(quick_repair);
     Ok(tx)
 }
 
-fn decode_comment(bytes: &[u8]) -> Result<Comment, StoreError> {
-    let stored: StoredComment = serde_json::from_slice(bytes).map_err(corrupt)?;
-    Ok(stored.comment)
+/// Reads the comment at `(stream, seq)` of an events table.
+fn comment_at(
+    events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    stream: &str,
+    seq: u64,
+) -> Result<Option<StoredComment>, StoreError> {
+    match events.get((stream, seq)).map_err(backend)? {
+        Some(v) => match parse::<StoredEvent>(v.value())? {
+            StoredEvent::Comment(c) => Ok(Some(c)),
+            other => Err(corrupt(format!(
+                "seq {seq} of {stream} is not a comment: {other:?}"
+            ))),
+        },
+        None => Ok(None),
+    }
 }
 
-/// Writes a stream record if no record exists (`expected == None`) or the stored one has the
+/// Changes the visibility of a stored comment inside a write transaction.
+fn set_visibility(
+    events: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    stream: &str,
+    seq: u64,
+    visibility: Visibility,
+) -> Result<(), StoreError> {
+    let mut c = comment_at(events, stream, seq)?
+        .ok_or_else(|| corrupt(format!("no comment at seq {seq} of {stream}")))?;
+    c.visibility = visibility;
+    let bytes = json(&StoredEvent::Comment(c))?;
+    events
+        .insert((stream, seq), bytes.as_slice())
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Writes a stream record if none exists (`expected == None`) or the stored one has the
 /// expected status; returns whether it wrote.
 fn put_stream_tx(
-    db: &Database,
-    quick_repair: bool,
+    tx: &WriteTransaction,
     state: &StreamState,
     expected: Option<StreamStatus>,
 ) -> Result<bool, StoreError> {
-    let json = serde_json::to_vec(state).map_err(corrupt)?;
-    let tx = begin_write(db, quick_repair)?;
-    {
-        let mut t = tx.open_table(STREAMS).map_err(backend)?;
-        let current: Option<StreamStatus> = match t.get(state.id.as_str()).map_err(backend)? {
-            Some(v) => Some(
-                serde_json::from_slice::<StreamState>(v.value())
-                    .map_err(corrupt)?
-                    .status,
-            ),
-            None => None,
-        };
-        if current != expected {
-            return Ok(false);
-        }
-        t.insert(state.id.as_str(), json.as_slice())
-            .map_err(backend)?;
+    let bytes = json(state)?;
+    let mut t = tx.open_table(STREAMS).map_err(backend)?;
+    let current: Option<StreamStatus> = match t.get(state.id.as_str()).map_err(backend)? {
+        Some(v) => Some(parse::<StreamState>(v.value())?.status),
+        None => None,
+    };
+    if current != expected {
+        return Ok(false);
     }
-    tx.commit().map_err(backend)?;
+    t.insert(state.id.as_str(), bytes.as_slice())
+        .map_err(backend)?;
     Ok(true)
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn create_stream(&self, stream: &StreamState) -> Result<bool, StoreError> {
-        let (stream, qr) = (stream.clone(), self.quick_repair);
-        self.blocking(move |db| put_stream_tx(db, qr, &stream, None))
-            .await
+        let stream = stream.clone();
+        self.write(move |tx| put_stream_tx(tx, &stream, None)).await
     }
 
     async fn update_stream(
@@ -140,32 +209,30 @@ impl Store for EmbeddedStore {
         stream: &StreamState,
         expected: StreamStatus,
     ) -> Result<bool, StoreError> {
-        let (stream, qr) = (stream.clone(), self.quick_repair);
-        self.blocking(move |db| put_stream_tx(db, qr, &stream, Some(expected)))
+        let stream = stream.clone();
+        self.write(move |tx| put_stream_tx(tx, &stream, Some(expected)))
             .await
     }
 
     async fn get_stream(&self, id: &StreamId) -> Result<Option<StreamState>, StoreError> {
         let id = id.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
+        self.read(move |tx| {
             let t = tx.open_table(STREAMS).map_err(backend)?;
-            match t.get(id.as_str()).map_err(backend)? {
-                Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(corrupt)?)),
-                None => Ok(None),
-            }
+            t.get(id.as_str())
+                .map_err(backend)?
+                .map(|v| parse(v.value()))
+                .transpose()
         })
         .await
     }
 
     async fn list_streams(&self) -> Result<Vec<StreamState>, StoreError> {
-        self.blocking(|db| {
-            let tx = db.begin_read().map_err(backend)?;
+        self.read(|tx| {
             let t = tx.open_table(STREAMS).map_err(backend)?;
             let mut out = Vec::new();
             for row in t.iter().map_err(backend)? {
                 let (_, v) = row.map_err(backend)?;
-                out.push(serde_json::from_slice(v.value()).map_err(corrupt)?);
+                out.push(parse(v.value())?);
             }
             Ok(out)
         })
@@ -174,9 +241,8 @@ impl Store for EmbeddedStore {
 
     async fn last_seq(&self, stream: &StreamId) -> Result<u64, StoreError> {
         let stream = stream.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let t = tx.open_table(COMMENTS).map_err(backend)?;
+        self.read(move |tx| {
+            let t = tx.open_table(EVENTS).map_err(backend)?;
             let s = stream.as_str();
             let last = t
                 .range((s, 0u64)..=(s, u64::MAX))
@@ -192,66 +258,115 @@ impl Store for EmbeddedStore {
 
     async fn find_dedup(&self, keys: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError> {
         let keys = keys.to_vec();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
+        self.read(move |tx| {
             let dedup = tx.open_table(DEDUP).map_err(backend)?;
-            let comments = tx.open_table(COMMENTS).map_err(backend)?;
+            let held = tx.open_table(HELD_DEDUP).map_err(backend)?;
+            let events = tx.open_table(EVENTS).map_err(backend)?;
             let mut out = Vec::with_capacity(keys.len());
             for k in &keys {
                 let key = (k.stream.as_str(), k.user.as_str(), k.client_msg_id.as_str());
-                let Some(seq) = dedup.get(key).map_err(backend)?.map(|v| v.value()) else {
+                if let Some(seq) = dedup.get(key).map_err(backend)?.map(|v| v.value()) {
+                    let c = comment_at(&events, k.stream.as_str(), seq)?.ok_or_else(|| {
+                        corrupt(format!("dedup entry points at missing seq {seq}"))
+                    })?;
+                    out.push(Some(DedupHit::Stored {
+                        id: c.comment.id,
+                        seq,
+                    }));
+                } else if let Some(item) = held.get(key).map_err(backend)? {
+                    out.push(Some(DedupHit::Held {
+                        item: item.value().to_owned(),
+                    }));
+                } else {
                     out.push(None);
-                    continue;
-                };
-                let row = comments
-                    .get((k.stream.as_str(), seq))
-                    .map_err(backend)?
-                    .ok_or_else(|| corrupt(format!("dedup entry points at missing seq {seq}")))?;
-                let comment = decode_comment(row.value())?;
-                out.push(Some(DedupHit {
-                    id: comment.id,
-                    seq,
-                }));
+                }
             }
             Ok(out)
         })
         .await
     }
 
-    async fn append(&self, batch: &[StoredComment]) -> Result<(), StoreError> {
+    async fn append(&self, batch: &[StoredEvent]) -> Result<(), StoreError> {
         let mut rows = Vec::with_capacity(batch.len());
-        for c in batch {
-            rows.push((c.clone(), serde_json::to_vec(c).map_err(corrupt)?));
+        for e in batch {
+            rows.push((e.clone(), json(e)?));
         }
-        let qr = self.quick_repair;
-        self.blocking(move |db| {
-            let tx = begin_write(db, qr)?;
-            {
-                let mut comments = tx.open_table(COMMENTS).map_err(backend)?;
-                let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
-                let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
-                let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
-                for (c, json) in &rows {
-                    let s = c.comment.stream.as_str();
-                    let seq = c.comment.seq;
-                    comments
-                        .insert((s, seq), json.as_slice())
-                        .map_err(backend)?;
-                    by_time
-                        .insert((s, c.comment.offset_ms, seq), ())
-                        .map_err(backend)?;
-                    dedup
-                        .insert(
-                            (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
-                            seq,
-                        )
-                        .map_err(backend)?;
-                    ids.insert((s, c.comment.id.as_str()), seq)
-                        .map_err(backend)?;
+        self.write(move |tx| {
+            let mut events = tx.open_table(EVENTS).map_err(backend)?;
+            let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
+            let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
+            let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+            for (event, bytes) in &rows {
+                match event {
+                    StoredEvent::Comment(c) => {
+                        let s = c.comment.stream.as_str();
+                        let seq = c.comment.seq;
+                        events.insert((s, seq), bytes.as_slice()).map_err(backend)?;
+                        by_time
+                            .insert((s, c.comment.offset_ms, seq), ())
+                            .map_err(backend)?;
+                        dedup
+                            .insert(
+                                (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
+                                seq,
+                            )
+                            .map_err(backend)?;
+                        ids.insert((s, c.comment.id.as_str()), seq)
+                            .map_err(backend)?;
+                    }
+                    StoredEvent::Retract {
+                        stream,
+                        seq,
+                        comment_seq,
+                        reason,
+                        actor,
+                        at,
+                        ..
+                    } => {
+                        let s = stream.as_str();
+                        events
+                            .insert((s, *seq), bytes.as_slice())
+                            .map_err(backend)?;
+                        let v = Visibility::Retracted {
+                            reason: reason.clone(),
+                            actor: actor.clone(),
+                            at: *at,
+                        };
+                        set_visibility(&mut events, s, *comment_seq, v)?;
+                    }
+                    StoredEvent::Restore {
+                        stream,
+                        seq,
+                        comment_seq,
+                        ..
+                    } => {
+                        let s = stream.as_str();
+                        events
+                            .insert((s, *seq), bytes.as_slice())
+                            .map_err(backend)?;
+                        set_visibility(&mut events, s, *comment_seq, Visibility::Visible)?;
+                    }
                 }
             }
-            tx.commit().map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn find_comment(
+        &self,
+        stream: &StreamId,
+        id: &str,
+    ) -> Result<Option<StoredComment>, StoreError> {
+        let (stream, id) = (stream.clone(), id.to_owned());
+        self.read(move |tx| {
+            let ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+            let events = tx.open_table(EVENTS).map_err(backend)?;
+            let s = stream.as_str();
+            match ids.get((s, id.as_str())).map_err(backend)? {
+                Some(seq) => comment_at(&events, s, seq.value()),
+                None => Ok(None),
+            }
         })
         .await
     }
@@ -265,10 +380,9 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<Comment>, StoreError> {
         let stream = stream.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
+        self.read(move |tx| {
             let by_time = tx.open_table(BY_TIME).map_err(backend)?;
-            let comments = tx.open_table(COMMENTS).map_err(backend)?;
+            let events = tx.open_table(EVENTS).map_err(backend)?;
             let s = stream.as_str();
             let start = match after {
                 Some(c) if (c.offset_ms, c.seq) >= (from_ms, 0) => {
@@ -287,11 +401,11 @@ impl Store for EmbeddedStore {
                 }
                 let (k, _) = row.map_err(backend)?;
                 let (_, _, seq) = k.value();
-                let v = comments
-                    .get((s, seq))
-                    .map_err(backend)?
+                let c = comment_at(&events, s, seq)?
                     .ok_or_else(|| corrupt(format!("time index points at missing seq {seq}")))?;
-                out.push(decode_comment(v.value())?);
+                if c.visibility == Visibility::Visible {
+                    out.push(c.comment);
+                }
             }
             Ok(out)
         })
@@ -303,23 +417,248 @@ impl Store for EmbeddedStore {
         stream: &StreamId,
         after_seq: u64,
         limit: usize,
-    ) -> Result<Vec<Comment>, StoreError> {
+    ) -> Result<Vec<Event>, StoreError> {
         let stream = stream.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let comments = tx.open_table(COMMENTS).map_err(backend)?;
+        self.read(move |tx| {
+            let events = tx.open_table(EVENTS).map_err(backend)?;
             let s = stream.as_str();
             let Some(first) = after_seq.checked_add(1) else {
                 return Ok(Vec::new());
             };
             let mut out = Vec::new();
-            for row in comments
-                .range((s, first)..=(s, u64::MAX))
-                .map_err(backend)?
-                .take(limit)
-            {
+            for row in events.range((s, first)..=(s, u64::MAX)).map_err(backend)? {
+                if out.len() >= limit {
+                    break;
+                }
                 let (_, v) = row.map_err(backend)?;
-                out.push(decode_comment(v.value())?);
+                match parse::<StoredEvent>(v.value())? {
+                    StoredEvent::Comment(c) if c.visibility == Visibility::Visible => {
+                        out.push(Event::Comment(c.comment))
+                    }
+                    StoredEvent::Comment(_) => {}
+                    StoredEvent::Retract {
+                        seq,
+                        comment_id,
+                        reason,
+                        ..
+                    } => out.push(Event::Retract(Retraction {
+                        id: comment_id,
+                        seq,
+                        reason,
+                    })),
+                    StoredEvent::Restore {
+                        seq,
+                        comment_seq,
+                        comment_id,
+                        ..
+                    } => {
+                        // Only restorations that still hold: a later retraction wins.
+                        if let Some(c) = comment_at(&events, s, comment_seq)? {
+                            if c.visibility == Visibility::Visible {
+                                out.push(Event::Restore(Restoration {
+                                    id: comment_id,
+                                    seq,
+                                    comment: c.comment,
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_ban(&self, ban: &Ban) -> Result<(), StoreError> {
+        let (ban, bytes) = (ban.clone(), json(ban)?);
+        self.write(move |tx| {
+            let mut t = tx.open_table(BANS).map_err(backend)?;
+            let scope = ban.scope.to_string();
+            t.insert((ban.user.as_str(), scope.as_str()), bytes.as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_ban(&self, user: &UserId, scope: &BanScope) -> Result<bool, StoreError> {
+        let (user, scope) = (user.clone(), scope.to_string());
+        self.write(move |tx| {
+            let mut t = tx.open_table(BANS).map_err(backend)?;
+            let removed = t
+                .remove((user.as_str(), scope.as_str()))
+                .map_err(backend)?
+                .is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn bans_of(&self, users: &[UserId]) -> Result<Vec<Ban>, StoreError> {
+        let users = users.to_vec();
+        self.read(move |tx| {
+            let t = tx.open_table(BANS).map_err(backend)?;
+            let mut out = Vec::new();
+            for user in &users {
+                let u = user.as_str();
+                for row in t.range((u, "")..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    if k.value().0 != u {
+                        break;
+                    }
+                    out.push(parse(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_queue_item(&self, item: &QueueItem) -> Result<(), StoreError> {
+        let (item, bytes) = (item.clone(), json(item)?);
+        self.write(move |tx| {
+            let mut queue = tx.open_table(QUEUE).map_err(backend)?;
+            queue
+                .insert(item.id.as_str(), bytes.as_slice())
+                .map_err(backend)?;
+            let mut by_comment = tx.open_table(QUEUE_COMMENT).map_err(backend)?;
+            let mut held = tx.open_table(HELD_DEDUP).map_err(backend)?;
+            let s = item.stream.as_str();
+            if let Some(cid) = &item.comment_id {
+                if item.status == QueueStatus::Open {
+                    by_comment
+                        .insert((s, cid.as_str()), item.id.as_str())
+                        .map_err(backend)?;
+                } else {
+                    by_comment.remove((s, cid.as_str())).map_err(backend)?;
+                }
+            }
+            if let Some(h) = &item.held {
+                held.insert(
+                    (s, h.author.id.as_str(), h.client_msg_id.as_str()),
+                    item.id.as_str(),
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |tx| {
+            let t = tx.open_table(QUEUE).map_err(backend)?;
+            t.get(id.as_str())
+                .map_err(backend)?
+                .map(|v| parse(v.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn queue_item_for_comment(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<Option<QueueItem>, StoreError> {
+        let (stream, comment_id) = (stream.clone(), comment_id.to_owned());
+        self.read(move |tx| {
+            let by_comment = tx.open_table(QUEUE_COMMENT).map_err(backend)?;
+            let queue = tx.open_table(QUEUE).map_err(backend)?;
+            let Some(id) = by_comment
+                .get((stream.as_str(), comment_id.as_str()))
+                .map_err(backend)?
+            else {
+                return Ok(None);
+            };
+            queue
+                .get(id.value())
+                .map_err(backend)?
+                .map(|v| parse(v.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_queue(
+        &self,
+        stream: Option<&StreamId>,
+        status: Option<QueueStatus>,
+        limit: usize,
+    ) -> Result<Vec<QueueItem>, StoreError> {
+        let stream = stream.cloned();
+        self.read(move |tx| {
+            let t = tx.open_table(QUEUE).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(backend)?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = row.map_err(backend)?;
+                let item: QueueItem = parse(v.value())?;
+                if stream.as_ref().is_some_and(|s| *s != item.stream)
+                    || status.is_some_and(|st| st != item.status)
+                {
+                    continue;
+                }
+                out.push(item);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_strike(&self, user: &UserId, at: i64, window_ms: i64) -> Result<u32, StoreError> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let mut t = tx.open_table(STRIKES).map_err(backend)?;
+            let u = user.as_str();
+            t.insert((u, at), ()).map_err(backend)?;
+            let from = at.saturating_sub(window_ms);
+            let n = t.range((u, from)..=(u, i64::MAX)).map_err(backend)?.count();
+            Ok(n as u32)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let (at, bytes) = (entry.at, json(entry)?);
+        let key = ulid::Ulid::new().to_string();
+        self.write(move |tx| {
+            let mut t = tx.open_table(AUDIT).map_err(backend)?;
+            t.insert((at, key.as_str()), bytes.as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        stream: Option<&StreamId>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let stream = stream.cloned();
+        self.read(move |tx| {
+            let t = tx.open_table(AUDIT).map_err(backend)?;
+            let end = before.unwrap_or(i64::MAX);
+            let mut out = Vec::new();
+            for row in t.range(..(end, "")).map_err(backend)?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = row.map_err(backend)?;
+                let e: AuditEntry = parse(v.value())?;
+                if stream
+                    .as_ref()
+                    .is_some_and(|s| e.stream.as_ref() != Some(s))
+                {
+                    continue;
+                }
+                out.push(e);
             }
             Ok(out)
         })
@@ -331,9 +670,9 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use wire::event::UserRef;
-    use wire::UserId;
+    use wire::moderation::QueueKind;
 
-    fn comment(stream: &str, seq: u64, offset_ms: u64) -> StoredComment {
+    fn stored(stream: &str, seq: u64, offset_ms: u64) -> StoredComment {
         StoredComment {
             comment: Comment {
                 id: format!("id{seq}"),
@@ -349,7 +688,16 @@ mod tests {
                 reply_to: None,
             },
             client_msg_id: format!("m{seq}"),
+            visibility: Visibility::Visible,
         }
+    }
+
+    fn comment(stream: &str, seq: u64, offset_ms: u64) -> StoredEvent {
+        StoredEvent::Comment(stored(stream, seq, offset_ms))
+    }
+
+    fn s(id: &str) -> StreamId {
+        StreamId::new(id).unwrap()
     }
 
     fn open() -> (tempfile::TempDir, EmbeddedStore) {
@@ -358,11 +706,15 @@ mod tests {
         (dir, store)
     }
 
+    fn seqs(events: &[Event]) -> Vec<u64> {
+        events.iter().map(Event::seq).collect()
+    }
+
     #[tokio::test]
-    async fn streams_round_trip() {
+    async fn streams_round_trip_with_compare_and_set() {
         let (_d, store) = open();
         let st = StreamState {
-            id: StreamId::new("s1").unwrap(),
+            id: s("s1"),
             title: "t".into(),
             owner: None,
             status: StreamStatus::Created,
@@ -392,16 +744,13 @@ mod tests {
     #[tokio::test]
     async fn windows_seq_and_dedup() {
         let (_d, store) = open();
-        let s1 = StreamId::new("s1").unwrap();
+        let s1 = s("s1");
         let batch: Vec<_> = (1..=10).map(|i| comment("s1", i, i * 100)).collect();
         store.append(&batch).await.unwrap();
         store.append(&[comment("s2", 1, 50)]).await.unwrap();
 
         assert_eq!(store.last_seq(&s1).await.unwrap(), 10);
-        assert_eq!(
-            store.last_seq(&StreamId::new("s3").unwrap()).await.unwrap(),
-            0
-        );
+        assert_eq!(store.last_seq(&s("s3")).await.unwrap(), 0);
 
         // [300, 700) → seqs 3..=6
         let w = store.replay(&s1, 300, 700, None, 100).await.unwrap();
@@ -422,34 +771,215 @@ mod tests {
         assert_eq!(rest.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![5, 6]);
 
         let after = store.after_seq(&s1, 8, 100).await.unwrap();
-        assert_eq!(after.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(seqs(&after), vec![9, 10]);
         assert!(store.after_seq(&s1, u64::MAX, 10).await.unwrap().is_empty());
 
+        let key = |user: &str, id: &str| DedupKey {
+            stream: s1.clone(),
+            user: UserId::new(user).unwrap(),
+            client_msg_id: id.into(),
+        };
         let hits = store
-            .find_dedup(&[
-                DedupKey {
-                    stream: s1.clone(),
-                    user: UserId::new("u1").unwrap(),
-                    client_msg_id: "m4".into(),
-                },
-                DedupKey {
-                    stream: s1.clone(),
-                    user: UserId::new("u2").unwrap(),
-                    client_msg_id: "m4".into(),
-                },
-            ])
+            .find_dedup(&[key("u1", "m4"), key("u2", "m4")])
             .await
             .unwrap();
         assert_eq!(
             hits,
             vec![
-                Some(DedupHit {
+                Some(DedupHit::Stored {
                     id: "id4".into(),
                     seq: 4
                 }),
                 None
             ]
         );
+        assert_eq!(
+            store
+                .find_comment(&s1, "id4")
+                .await
+                .unwrap()
+                .unwrap()
+                .comment
+                .seq,
+            4
+        );
+        assert!(store.find_comment(&s1, "nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn retraction_hides_from_replay_and_catch_up_returns_the_events() {
+        let (_d, store) = open();
+        let s1 = s("s1");
+        store
+            .append(&[comment("s1", 1, 10), comment("s1", 2, 20)])
+            .await
+            .unwrap();
+        store
+            .append(&[StoredEvent::Retract {
+                stream: s1.clone(),
+                seq: 3,
+                comment_seq: 1,
+                comment_id: "id1".into(),
+                reason: "abuse".into(),
+                actor: "mod".into(),
+                at: 5,
+            }])
+            .await
+            .unwrap();
+        let replay = store.replay(&s1, 0, 1000, None, 10).await.unwrap();
+        assert_eq!(replay.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![2]);
+        let events = store.after_seq(&s1, 0, 10).await.unwrap();
+        assert_eq!(
+            seqs(&events),
+            vec![2, 3],
+            "the retracted comment itself is not served"
+        );
+        assert!(matches!(&events[1], Event::Retract(r) if r.id == "id1" && r.reason == "abuse"));
+        let c = store.find_comment(&s1, "id1").await.unwrap().unwrap();
+        assert!(matches!(c.visibility, Visibility::Retracted { .. }));
+
+        store
+            .append(&[StoredEvent::Restore {
+                stream: s1.clone(),
+                seq: 4,
+                comment_seq: 1,
+                comment_id: "id1".into(),
+                actor: "mod".into(),
+                at: 6,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(store.replay(&s1, 0, 1000, None, 10).await.unwrap().len(), 2);
+        let events = store.after_seq(&s1, 2, 10).await.unwrap();
+        assert_eq!(seqs(&events), vec![3, 4]);
+        assert!(matches!(&events[1], Event::Restore(r) if r.comment.seq == 1));
+        assert_eq!(store.last_seq(&s1).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn moderation_tables() {
+        let (_d, store) = open();
+        let u = UserId::new("u1").unwrap();
+        let ban = Ban {
+            user: u.clone(),
+            scope: BanScope::Stream(s("s1")),
+            shadow: true,
+            until: None,
+            reason: "r".into(),
+            actor: "mod".into(),
+            at: 1,
+        };
+        store.put_ban(&ban).await.unwrap();
+        store
+            .put_ban(&Ban {
+                scope: BanScope::Global,
+                ..ban.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.bans_of(std::slice::from_ref(&u)).await.unwrap().len(),
+            2
+        );
+        let other = UserId::new("u").unwrap();
+        assert!(store
+            .bans_of(std::slice::from_ref(&other))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.delete_ban(&u, &BanScope::Global).await.unwrap());
+        assert!(!store.delete_ban(&u, &BanScope::Global).await.unwrap());
+        assert_eq!(store.bans_of(&[other, u.clone()]).await.unwrap(), vec![ban]);
+
+        assert_eq!(store.add_strike(&u, 1_000, 500).await.unwrap(), 1);
+        assert_eq!(store.add_strike(&u, 1_200, 500).await.unwrap(), 2);
+        assert_eq!(
+            store.add_strike(&u, 2_000, 500).await.unwrap(),
+            1,
+            "old strikes expire"
+        );
+
+        let item = QueueItem {
+            id: "01A".into(),
+            stream: s("s1"),
+            kind: QueueKind::Reported,
+            status: QueueStatus::Open,
+            created_at: 1,
+            comment_id: Some("c1".into()),
+            comment: None,
+            held: None,
+            score: None,
+            reason: "reports".into(),
+            reports: vec![],
+            hidden: false,
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+        };
+        store.put_queue_item(&item).await.unwrap();
+        let later = QueueItem {
+            id: "01B".into(),
+            stream: s("s2"),
+            comment_id: Some("c2".into()),
+            ..item.clone()
+        };
+        store.put_queue_item(&later).await.unwrap();
+        assert_eq!(
+            store
+                .queue_item_for_comment(&s("s1"), "c1")
+                .await
+                .unwrap()
+                .map(|i| i.id),
+            Some("01A".into())
+        );
+        let all = store.list_queue(None, None, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["01B", "01A"]
+        );
+        assert_eq!(
+            store
+                .list_queue(Some(&s("s1")), None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let closed = QueueItem {
+            status: QueueStatus::Approved,
+            ..item
+        };
+        store.put_queue_item(&closed).await.unwrap();
+        assert!(store
+            .queue_item_for_comment(&s("s1"), "c1")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .list_queue(None, Some(QueueStatus::Open), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.id == "01B"));
+
+        for (at, stream) in [(1, "s1"), (2, "s2"), (3, "s1")] {
+            store
+                .append_audit(&AuditEntry {
+                    at,
+                    actor: "mod".into(),
+                    action: "retract".into(),
+                    stream: Some(s(stream)),
+                    comment_id: None,
+                    user: None,
+                    reason: format!("r{at}"),
+                })
+                .await
+                .unwrap();
+        }
+        let log = store.list_audit(Some(&s("s1")), None, 10).await.unwrap();
+        assert_eq!(log.iter().map(|e| e.at).collect::<Vec<_>>(), vec![3, 1]);
+        let older = store.list_audit(None, Some(3), 10).await.unwrap();
+        assert_eq!(older.iter().map(|e| e.at).collect::<Vec<_>>(), vec![2, 1]);
     }
 
     #[tokio::test]
@@ -461,7 +991,6 @@ mod tests {
             store.append(&[comment("s1", 1, 10)]).await.unwrap();
         }
         let store = EmbeddedStore::open(&path, true).unwrap();
-        let s1 = StreamId::new("s1").unwrap();
-        assert_eq!(store.last_seq(&s1).await.unwrap(), 1);
+        assert_eq!(store.last_seq(&s("s1")).await.unwrap(), 1);
     }
 }

@@ -10,8 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use wire::bus::{Author, Origin, Submission};
+use wire::bus::{Author, Origin, Submission, SubmissionKind};
 use wire::event::Event;
+use wire::inbox::Answer;
 use wire::store::ReplayCursor;
 use wire::time::now_ms;
 
@@ -29,11 +30,21 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/streams/{stream}/comments", get(list).post(create))
 }
 
+/// `202` body: `{"status":"accepted","id","seq","client_msg_id"}`, or for a post a rule
+/// held for review `{"status":"held","id":"<queue item>","client_msg_id","message"}`.
 #[derive(Serialize)]
-struct Created {
-    id: String,
-    seq: u64,
-    client_msg_id: String,
+#[serde(tag = "status", rename_all = "snake_case")]
+enum Created {
+    Accepted {
+        id: String,
+        seq: u64,
+        client_msg_id: String,
+    },
+    Held {
+        id: String,
+        client_msg_id: String,
+        message: String,
+    },
 }
 
 async fn create(
@@ -44,23 +55,30 @@ async fn create(
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let stream = parse_stream_id(&stream)?;
     let submission = Submission {
+        kind: SubmissionKind::Post,
         stream,
         author: Author::from(&caller.0),
         payload: body,
         origin: Origin::Http,
         received_at_ms: now_ms(),
     };
-    match state.ingest.submit(submission).await {
-        Ok(a) => Ok((
-            StatusCode::ACCEPTED,
-            Json(Created {
-                id: a.id,
-                seq: a.seq,
-                client_msg_id: a.client_msg_id,
-            }),
-        )),
-        Err(r) => Err(ApiError::Rejected(r)),
-    }
+    let created = match state.ingest.submit(submission).await {
+        Ok(Answer::Accepted(a)) => Created::Accepted {
+            id: a.id,
+            seq: a.seq,
+            client_msg_id: a.client_msg_id,
+        },
+        Ok(Answer::Held(h)) => Created::Held {
+            id: h.id,
+            client_msg_id: h.client_msg_id,
+            message: h.message,
+        },
+        Ok(Answer::Reported(_)) => {
+            return Err(ApiError::Unavailable("unexpected answer to a post".into()))
+        }
+        Err(r) => return Err(ApiError::Rejected(r)),
+    };
+    Ok((StatusCode::ACCEPTED, Json(created)))
 }
 
 #[derive(Deserialize)]
@@ -79,7 +97,8 @@ struct ListQuery {
 #[derive(Serialize)]
 struct Page {
     stream: String,
-    /// Events shaped like those of live frames (`"type": "comment"`), so one parser serves both.
+    /// Events shaped like those of live frames (`"type": "comment"`, and in catch-up also
+    /// `retract` and `restore`), so one parser serves both.
     comments: Vec<Event>,
     /// Present when `limit` cut the result: pass it as `pagination_token` with the same query.
     next_token: Option<String>,
@@ -182,7 +201,7 @@ async fn list(
                     seq: last.seq,
                 })
             });
-            (page, next)
+            (page.into_iter().map(Event::Comment).collect(), next)
         }
         (None, Some(after_seq)) => {
             if q.duration.is_some() {
@@ -198,7 +217,7 @@ async fn list(
                 }
             };
             let page = store.after_seq(&id, after, limit).await?;
-            let next = (page.len() == limit).then(|| Token::CatchUp(page[page.len() - 1].seq));
+            let next = (page.len() == limit).then(|| Token::CatchUp(page[page.len() - 1].seq()));
             (page, next)
         }
         (Some(_), Some(_)) => {
@@ -214,7 +233,7 @@ async fn list(
     };
     Ok(Json(Page {
         stream: id.to_string(),
-        comments: comments.into_iter().map(Event::Comment).collect(),
+        comments,
         next_token: next.map(|t| t.encode()),
     }))
 }

@@ -1,5 +1,6 @@
 //! One module per resource, each returning a `Router<AppState>`.
 
 pub mod comments;
+pub mod moderation;
 pub mod ops;
 pub mod streams;

@@ -1,0 +1,282 @@
+//! The single writer of a process: posts in batches (see the crate docs for the steps) and
+//! moderation actions in between, all numbered from the same per-stream sequence.
+
+mod actions;
+mod posts;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use wire::bus::{Delivery, SubmissionKind};
+use wire::event::{encode_frame, Event, StreamState, StreamStatus};
+use wire::inbox::{InboxMessage, Outcome, RejectCode, Rejected};
+use wire::moderation::AuditEntry;
+use wire::store::StoreError;
+use wire::time::now_ms;
+use wire::{topics, StreamId, UserId};
+
+use crate::ratelimit::UserRateLimit;
+use crate::{BridgeConfig, BridgeDeps, Job};
+
+/// How stale a cached "live" answer may be before the writer looks at the store again.
+const LIVE_CACHE: Duration = Duration::from_secs(1);
+
+/// Numbering state of one stream.
+struct Cursor {
+    last_seq: u64,
+    last_offset_ms: u64,
+}
+
+pub(crate) struct Writer {
+    config: BridgeConfig,
+    deps: BridgeDeps,
+    limiter: UserRateLimit,
+    cursors: HashMap<StreamId, Cursor>,
+    ids: ulid::Generator,
+    last_cleanup: Instant,
+}
+
+/// Where an answer goes.
+pub(crate) enum Reply {
+    /// The author's inbox (MQTT).
+    Inbox,
+    /// The waiting HTTP request.
+    Caller(oneshot::Sender<Outcome>),
+}
+
+impl Writer {
+    pub(crate) fn new(config: BridgeConfig, deps: BridgeDeps) -> Self {
+        let limiter = UserRateLimit::new(
+            config.rate_limit_count,
+            Duration::from_secs(config.rate_limit_window_s),
+        );
+        Writer {
+            config,
+            deps,
+            limiter,
+            cursors: HashMap::new(),
+            ids: ulid::Generator::new(),
+            last_cleanup: Instant::now(),
+        }
+    }
+
+    /// Processes batches until `stop` fires, then drains the queue and returns.
+    pub(crate) async fn run(mut self, mut jobs: mpsc::Receiver<Job>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(self.config.max_batch);
+        let mut stopping = false;
+        loop {
+            let n = if stopping {
+                jobs.recv_many(&mut batch, self.config.max_batch).await
+            } else {
+                tokio::select! {
+                    n = jobs.recv_many(&mut batch, self.config.max_batch) => n,
+                    _ = stop.cancelled() => {
+                        stopping = true;
+                        jobs.close();
+                        continue;
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.process(std::mem::take(&mut batch)).await;
+            if self.last_cleanup.elapsed() > Duration::from_secs(60) {
+                self.limiter.forget_idle();
+                self.last_cleanup = Instant::now();
+            }
+        }
+        tracing::info!("write path drained");
+    }
+
+    /// Runs of posts are stored together (group commit); anything else goes one by one, in
+    /// arrival order.
+    async fn process(&mut self, jobs: Vec<Job>) {
+        let mut posts = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Submit { submission, reply } if submission.kind == SubmissionKind::Post => {
+                    posts.push((submission, reply))
+                }
+                Job::Submit { submission, reply } => {
+                    self.flush_posts(&mut posts).await;
+                    let outcome = self.report(&submission).await;
+                    self.answer(&submission.author.id, reply, outcome).await;
+                }
+                Job::Act { action, reply } => {
+                    self.flush_posts(&mut posts).await;
+                    let result = self.act(action).await;
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        self.flush_posts(&mut posts).await;
+    }
+
+    async fn flush_posts(&mut self, posts: &mut Vec<(wire::bus::Submission, Reply)>) {
+        if !posts.is_empty() {
+            self.process_posts(std::mem::take(posts)).await;
+        }
+    }
+
+    /// Sends an outcome to whoever waits for it, and counts it.
+    async fn answer(&self, user: &UserId, reply: Reply, outcome: Outcome) {
+        match &outcome {
+            Ok(_) => metrics::counter!("livecomments_comments_accepted_total").increment(1),
+            Err(r) => {
+                metrics::counter!("livecomments_comments_rejected_total", "code" => r.code.as_str())
+                    .increment(1)
+            }
+        }
+        match reply {
+            Reply::Caller(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Inbox => self.to_inbox(user, InboxMessage::from(outcome)).await,
+        }
+    }
+
+    async fn to_inbox(&self, user: &UserId, message: InboxMessage) {
+        let delivery = Delivery::Inbox {
+            user: user.clone(),
+            payload: message.to_bytes(),
+        };
+        if let Err(e) = self.deps.bus.deliver(delivery).await {
+            tracing::warn!(error = %e, "answering a poster failed");
+        }
+    }
+
+    /// Publishes an event to everyone watching the stream.
+    async fn publish(&self, stream: &StreamId, event: &Event, received_at_ms: i64) {
+        let delivery = Delivery::Stream {
+            stream: stream.clone(),
+            event: event.to_bytes(),
+            received_at_ms,
+        };
+        if let Err(e) = self.deps.bus.deliver(delivery).await {
+            tracing::error!(error = %e, "publishing an event failed");
+        }
+    }
+
+    /// Shows an event only to `user`'s own connections watching the stream.
+    async fn publish_privately(&self, user: &UserId, stream: &StreamId, event: &Event) {
+        let bytes: Bytes = event.to_bytes();
+        let delivery = Delivery::Private {
+            user: user.clone(),
+            topic: topics::comments(stream),
+            payload: encode_frame([&bytes]),
+        };
+        if let Err(e) = self.deps.bus.deliver(delivery).await {
+            tracing::error!(error = %e, "publishing a private event failed");
+        }
+    }
+
+    async fn audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.deps.store.append_audit(&entry).await {
+            tracing::error!(error = %e, action = %entry.action, "writing the audit trail failed");
+        }
+    }
+
+    fn new_id(&mut self) -> String {
+        self.ids
+            .generate()
+            .unwrap_or_else(|_| ulid::Ulid::new())
+            .to_string()
+    }
+
+    async fn cursor(&mut self, stream: &StreamId) -> Result<&mut Cursor, StoreError> {
+        if !self.cursors.contains_key(stream) {
+            let last_seq = self.deps.store.last_seq(stream).await?;
+            self.cursors.insert(
+                stream.clone(),
+                Cursor {
+                    last_seq,
+                    last_offset_ms: 0,
+                },
+            );
+        }
+        Ok(self
+            .cursors
+            .get_mut(stream)
+            .expect("cursor inserted just above"))
+    }
+
+    /// The next `seq` of a stream.
+    async fn next_seq(&mut self, stream: &StreamId) -> Result<u64, StoreError> {
+        let c = self.cursor(stream).await?;
+        c.last_seq += 1;
+        Ok(c.last_seq)
+    }
+
+    /// The next `seq` and `offset_ms` for a comment accepted `now`.
+    async fn number(&mut self, stream: &StreamState, now: i64) -> Result<(u64, u64), StoreError> {
+        let started = stream.started_at.unwrap_or(now);
+        let c = self.cursor(&stream.id).await?;
+        let offset_ms = u64::try_from(now - started)
+            .unwrap_or(0)
+            .max(c.last_offset_ms);
+        c.last_seq += 1;
+        c.last_offset_ms = offset_ms;
+        Ok((c.last_seq, offset_ms))
+    }
+
+    /// After a failed write nothing was stored: numbering restarts from the store.
+    fn forget_cursor(&mut self, stream: &StreamId) {
+        self.cursors.remove(stream);
+    }
+
+    /// The stream's record if it accepts comments now.
+    async fn live_stream(&mut self, id: &StreamId) -> Result<Option<StreamState>, StoreError> {
+        let dir = &self.deps.streams;
+        let mut state = dir.get(id, LIVE_CACHE).await?;
+        if state
+            .as_ref()
+            .is_some_and(|s| s.status != StreamStatus::Live)
+        {
+            // A cached "not live" may be stale right after a start: look again.
+            state = dir.get(id, Duration::ZERO).await?;
+        }
+        match state {
+            Some(s) if s.status == StreamStatus::Live => Ok(Some(s)),
+            Some(_) => Ok(None),
+            None if self.config.auto_create_streams => {
+                let now = now_ms();
+                let s = StreamState {
+                    id: id.clone(),
+                    title: id.to_string(),
+                    owner: None,
+                    status: StreamStatus::Live,
+                    created_at: now,
+                    started_at: Some(now),
+                    ended_at: None,
+                };
+                if !self.deps.streams.store().create_stream(&s).await? {
+                    // Created concurrently by someone else: use theirs.
+                    return Ok(dir
+                        .get(id, Duration::ZERO)
+                        .await?
+                        .filter(|s| s.status == StreamStatus::Live));
+                }
+                tracing::info!(stream = %id, "stream auto-created");
+                dir.remember(s.clone());
+                if let Err(e) = self.deps.bus.deliver(Delivery::stream_state(&s)).await {
+                    tracing::warn!(error = %e, "publishing stream state failed");
+                }
+                Ok(Some(s))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+pub(crate) fn unavailable(client_msg_id: Option<String>) -> Rejected {
+    Rejected::new(
+        client_msg_id,
+        RejectCode::Unavailable,
+        "storage is unavailable; retry with the same client_msg_id",
+    )
+    .retry_after(1000)
+}

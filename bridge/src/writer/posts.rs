@@ -1,0 +1,409 @@
+//! A batch of posts: validate, answer retries, check stream, bans, rules and rate limit,
+//! number, store in one transaction, publish, answer.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use wire::bus::Submission;
+use wire::event::{Comment, Event, StreamState, UserRef};
+use wire::inbox::{Accepted, Answer, Held, Outcome, RejectCode, Rejected};
+use wire::moderation::{actors, AuditEntry, Ban, HeldPost, QueueItem, QueueKind, QueueStatus};
+use wire::store::{DedupHit, DedupKey, StoredComment, StoredEvent, Visibility};
+use wire::time::now_ms;
+
+use super::{unavailable, Reply, Writer};
+use crate::validate::{parse_post, Post};
+
+/// One submission on its way through the batch.
+struct Slot {
+    submission: Submission,
+    reply: Reply,
+    post: Option<Post>,
+    outcome: Option<Outcome>,
+    /// Same key as an earlier slot of this batch: gets that slot's answer.
+    copy_of: Option<usize>,
+}
+
+/// A post that passed every check.
+struct Fresh {
+    index: usize,
+    post: Post,
+    stream: StreamState,
+    shadow: bool,
+}
+
+impl Writer {
+    pub(super) async fn process_posts(&mut self, jobs: Vec<(Submission, Reply)>) {
+        let mut slots: Vec<Slot> = jobs
+            .into_iter()
+            .map(|(submission, reply)| Slot {
+                submission,
+                reply,
+                post: None,
+                outcome: None,
+                copy_of: None,
+            })
+            .collect();
+
+        // 1. Parse and validate.
+        for slot in &mut slots {
+            match parse_post(&slot.submission.payload, self.config.max_comment_chars) {
+                Ok(p) => slot.post = Some(p),
+                Err(r) => slot.outcome = Some(Err(r)),
+            }
+        }
+
+        // 2. Retries: earlier batches (store) and earlier slots of this batch.
+        self.answer_retries(&mut slots).await;
+
+        // 3. Stream, bans, rules, rate limit.
+        let bans = self.bans_of_authors(&slots).await;
+        let mut fresh = Vec::new();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.outcome.is_some() || slot.copy_of.is_some() {
+                continue;
+            }
+            let Some(post) = slot.post.take() else {
+                continue;
+            };
+            match self.admit(&slot.submission, post, &bans).await {
+                Ok(Admit::Fresh {
+                    post,
+                    stream,
+                    shadow,
+                }) => fresh.push(Fresh {
+                    index: i,
+                    post,
+                    stream,
+                    shadow,
+                }),
+                Ok(Admit::Answered(o)) => slot.outcome = Some(o),
+                Err(r) => slot.outcome = Some(Err(r)),
+            }
+        }
+
+        // 4. Number, 5. store durably, 6. publish in seq order.
+        let (stored, failed) = self.store_fresh(&slots, fresh).await;
+        for (index, client_msg_id) in failed {
+            slots[index].outcome = Some(Err(unavailable(Some(client_msg_id))));
+        }
+        for (index, c, shadow) in stored {
+            let sub = &slots[index].submission;
+            let event = Event::Comment(c.comment.clone());
+            if shadow {
+                // Acknowledged as usual, shown only to its author.
+                self.publish_privately(&sub.author.id, &c.comment.stream, &event)
+                    .await;
+            } else {
+                self.publish(&c.comment.stream, &event, sub.received_at_ms)
+                    .await;
+                if let Some(tx) = &self.deps.accepted {
+                    if tx.try_send(c.comment.clone()).is_err() {
+                        metrics::counter!("livecomments_moderation_dropped_total").increment(1);
+                    }
+                }
+            }
+            slots[index].outcome = Some(Ok(Answer::Accepted(Accepted {
+                client_msg_id: c.client_msg_id,
+                id: c.comment.id,
+                seq: c.comment.seq,
+            })));
+        }
+
+        // Answers, in arrival order.
+        for i in 0..slots.len() {
+            if let Some(first) = slots[i].copy_of {
+                slots[i].outcome = slots[first].outcome.clone();
+            }
+        }
+        for slot in slots {
+            let outcome = slot.outcome.unwrap_or_else(|| Err(unavailable(None)));
+            self.answer(&slot.submission.author.id, slot.reply, outcome)
+                .await;
+        }
+    }
+
+    async fn answer_retries(&mut self, slots: &mut [Slot]) {
+        let mut first_of: HashMap<DedupKey, usize> = HashMap::new();
+        let mut lookups = Vec::new();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(post) = &slot.post else { continue };
+            let key = DedupKey {
+                stream: slot.submission.stream.clone(),
+                user: slot.submission.author.id.clone(),
+                client_msg_id: post.client_msg_id.clone(),
+            };
+            match first_of.get(&key) {
+                Some(&first) => slot.copy_of = Some(first),
+                None => {
+                    first_of.insert(key.clone(), i);
+                    lookups.push((i, key));
+                }
+            }
+        }
+        let keys: Vec<DedupKey> = lookups.iter().map(|(_, k)| k.clone()).collect();
+        match self.deps.store.find_dedup(&keys).await {
+            Ok(hits) => {
+                for ((i, key), hit) in lookups.into_iter().zip(hits) {
+                    slots[i].outcome = hit.map(|h| {
+                        Ok(match h {
+                            DedupHit::Stored { id, seq } => Answer::Accepted(Accepted {
+                                client_msg_id: key.client_msg_id,
+                                id,
+                                seq,
+                            }),
+                            DedupHit::Held { item } => Answer::Held(held_answer(
+                                key.client_msg_id,
+                                item,
+                                "waiting for review",
+                            )),
+                        })
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "de-duplication lookup failed");
+                for (i, key) in lookups {
+                    slots[i].outcome = Some(Err(unavailable(Some(key.client_msg_id))));
+                }
+            }
+        }
+    }
+
+    /// Every ban of the batch's authors still to be decided, from one store read.
+    async fn bans_of_authors(&self, slots: &[Slot]) -> Result<Vec<Ban>, ()> {
+        let mut users: Vec<_> = slots
+            .iter()
+            .filter(|s| s.outcome.is_none() && s.copy_of.is_none())
+            .map(|s| s.submission.author.id.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.deps.store.bans_of(&users).await.map_err(|e| {
+            tracing::error!(error = %e, "reading bans failed");
+        })
+    }
+
+    /// Stream, bans, rules and rate limit for one post.
+    async fn admit(
+        &mut self,
+        sub: &Submission,
+        post: Post,
+        bans: &Result<Vec<Ban>, ()>,
+    ) -> Result<Admit, Rejected> {
+        let id = Some(post.client_msg_id.clone());
+        let stream = match self.live_stream(&sub.stream).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(Rejected::new(
+                    id,
+                    RejectCode::StreamNotLive,
+                    format!("stream {} is not live", sub.stream),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, stream = %sub.stream, "stream lookup failed");
+                return Err(unavailable(id));
+            }
+        };
+        let Ok(bans) = bans else {
+            return Err(unavailable(id));
+        };
+        let now = now_ms();
+        let active: Vec<&Ban> = bans
+            .iter()
+            .filter(|b| b.user == sub.author.id && b.scope.covers(&sub.stream) && b.active(now))
+            .collect();
+        if let Some(ban) = active.iter().find(|b| !b.shadow) {
+            let until = match ban.until {
+                Some(t) => format!(" for {} more seconds", (t - now).max(0) / 1000 + 1),
+                None => String::new(),
+            };
+            return Err(Rejected::new(
+                id,
+                RejectCode::Banned,
+                format!("you are banned from {}{until}", ban.scope),
+            ));
+        }
+        let shadow = !active.is_empty();
+
+        let candidate = moderation::Candidate {
+            stream: &sub.stream,
+            author: &sub.author,
+            text: &post.text,
+        };
+        match self.deps.moderation.check(&candidate) {
+            moderation::Verdict::Allow => {}
+            moderation::Verdict::Reject(mut r) => {
+                r.client_msg_id = id;
+                return Err(r);
+            }
+            moderation::Verdict::Hold { rule, message } => {
+                return self
+                    .hold(sub, post, rule, message)
+                    .await
+                    .map(Admit::Answered);
+            }
+        }
+
+        if let Err(wait) = self.limiter.check(&sub.author.id) {
+            let ms = (wait.as_millis() as u64).max(1);
+            return Err(Rejected::new(
+                id,
+                RejectCode::RateLimited,
+                format!(
+                    "at most {} comments per {} s; retry in {} ms",
+                    self.config.rate_limit_count, self.config.rate_limit_window_s, ms
+                ),
+            )
+            .retry_after(ms));
+        }
+        Ok(Admit::Fresh {
+            post,
+            stream,
+            shadow,
+        })
+    }
+
+    /// Puts a post into the review queue instead of the stream.
+    async fn hold(
+        &mut self,
+        sub: &Submission,
+        post: Post,
+        rule: &'static str,
+        message: String,
+    ) -> Result<Outcome, Rejected> {
+        let now = now_ms();
+        let item = QueueItem {
+            id: self.new_id(),
+            stream: sub.stream.clone(),
+            kind: QueueKind::Held,
+            status: QueueStatus::Open,
+            created_at: now,
+            comment_id: None,
+            comment: None,
+            held: Some(HeldPost {
+                author: sub.author.clone(),
+                text: post.text.clone(),
+                client_msg_id: post.client_msg_id.clone(),
+                reply_to: post.reply_to.clone(),
+            }),
+            score: None,
+            reason: format!("{rule}: {message}"),
+            reports: Vec::new(),
+            hidden: false,
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+        };
+        if let Err(e) = self.deps.store.put_queue_item(&item).await {
+            tracing::error!(error = %e, "holding a post failed");
+            return Err(unavailable(Some(post.client_msg_id)));
+        }
+        self.audit(AuditEntry {
+            at: now,
+            actor: actors::RULES.into(),
+            action: "hold".into(),
+            stream: Some(sub.stream.clone()),
+            comment_id: None,
+            user: Some(sub.author.id.clone()),
+            reason: item.reason.clone(),
+        })
+        .await;
+        Ok(Ok(Answer::Held(held_answer(
+            post.client_msg_id,
+            item.id,
+            &message,
+        ))))
+    }
+
+    /// Numbers the fresh posts and stores them in one transaction. Returns what was stored
+    /// (slot, comment, shadow) and what was not (slot, client id).
+    async fn store_fresh(
+        &mut self,
+        slots: &[Slot],
+        fresh: Vec<Fresh>,
+    ) -> (Vec<(usize, StoredComment, bool)>, Vec<(usize, String)>) {
+        if fresh.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(fresh.len());
+        let mut meta = Vec::with_capacity(fresh.len());
+        let mut failed = Vec::new();
+        for f in fresh {
+            let sub = &slots[f.index].submission;
+            let id = self.new_id();
+            let (seq, offset_ms) = match self.number(&f.stream, now).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, stream = %sub.stream, "reading the last seq failed");
+                    failed.push((f.index, f.post.client_msg_id));
+                    continue;
+                }
+            };
+            let stored = StoredComment {
+                comment: Comment {
+                    id,
+                    seq,
+                    stream: sub.stream.clone(),
+                    user: UserRef {
+                        id: sub.author.id.clone(),
+                        name: sub.author.name.clone(),
+                    },
+                    text: f.post.text,
+                    ts: now,
+                    offset_ms,
+                    reply_to: f.post.reply_to,
+                },
+                client_msg_id: f.post.client_msg_id,
+                visibility: if f.shadow {
+                    Visibility::Shadow
+                } else {
+                    Visibility::Visible
+                },
+            };
+            meta.push((f.index, stored.clone(), f.shadow));
+            rows.push(StoredEvent::Comment(stored));
+        }
+        if rows.is_empty() {
+            return (Vec::new(), failed);
+        }
+        let started = Instant::now();
+        let result = self.deps.store.append(&rows).await;
+        metrics::histogram!("livecomments_store_commit_seconds").record(started.elapsed());
+        metrics::histogram!("livecomments_store_batch_size").record(rows.len() as f64);
+        match result {
+            Ok(()) => (meta, failed),
+            Err(e) => {
+                tracing::error!(error = %e, count = rows.len(), "storing comments failed");
+                for (index, c, _) in meta {
+                    self.forget_cursor(&c.comment.stream);
+                    failed.push((index, c.client_msg_id));
+                }
+                (Vec::new(), failed)
+            }
+        }
+    }
+}
+
+enum Admit {
+    Fresh {
+        post: Post,
+        stream: StreamState,
+        shadow: bool,
+    },
+    /// Decided without storing a comment (held for review).
+    Answered(Outcome),
+}
+
+fn held_answer(client_msg_id: String, item: String, message: &str) -> Held {
+    Held {
+        client_msg_id,
+        id: item,
+        message: format!("held for review: {message}"),
+    }
+}

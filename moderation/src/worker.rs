@@ -1,0 +1,166 @@
+//! The asynchronous consumer: accepted comments in, model scores, retractions and review-queue
+//! items out. Delivery never waits for it: the bridge hands it copies through a bounded queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wire::event::Comment;
+use wire::ingest::Ingest;
+use wire::moderation::{actors, Action, AuditEntry, QueueItem, QueueKind, QueueStatus};
+use wire::store::Store;
+use wire::time::now_ms;
+
+use crate::config::ModelConfig;
+
+/// Scores texts; `1.0` is certainly offensive. CPU-bound: called off the async runtime.
+pub trait Scorer: Send + 'static {
+    fn score(&mut self, texts: &[&str]) -> Result<Vec<f32>, String>;
+}
+
+/// Consumes accepted comments until `shutdown`, then drains what is queued.
+///
+/// Without a scorer (model disabled) comments are only counted.
+pub async fn run(
+    config: ModelConfig,
+    mut accepted: mpsc::Receiver<Comment>,
+    scorer: Option<Box<dyn Scorer>>,
+    ingest: Arc<dyn Ingest>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
+    let mut scorer = scorer;
+    let wait = Duration::from_millis(config.batch_wait_ms);
+    let mut batch: Vec<Comment> = Vec::with_capacity(config.batch_size);
+    let mut stopping = false;
+    loop {
+        // Wait for the first comment, then fill the batch for at most `batch_wait_ms`.
+        let first = if stopping {
+            accepted.recv().await
+        } else {
+            tokio::select! {
+                c = accepted.recv() => c,
+                _ = shutdown.cancelled() => {
+                    stopping = true;
+                    accepted.close();
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < config.batch_size {
+            match tokio::time::timeout_at(deadline, accepted.recv()).await {
+                Ok(Some(c)) => batch.push(c),
+                _ => break,
+            }
+        }
+        let comments = std::mem::take(&mut batch);
+        let Some(s) = scorer.take() else {
+            metrics::counter!("livecomments_moderation_unscored_total")
+                .increment(comments.len() as u64);
+            continue;
+        };
+        let started = Instant::now();
+        let scored = tokio::task::spawn_blocking(move || {
+            let mut s = s;
+            let texts: Vec<&str> = comments.iter().map(|c| c.text.as_str()).collect();
+            let scores = s.score(&texts);
+            (s, comments, scores)
+        })
+        .await;
+        let (s, comments, scores) = match scored {
+            Ok(x) => x,
+            Err(e) => {
+                // The scorer panicked; it is gone, comments are no longer scored.
+                tracing::error!(error = %e, "the toxicity model failed; model moderation stops");
+                continue;
+            }
+        };
+        scorer = Some(s);
+        metrics::histogram!("livecomments_moderation_batch_seconds").record(started.elapsed());
+        match scores {
+            Ok(scores) => {
+                metrics::counter!("livecomments_moderation_scored_total")
+                    .increment(comments.len() as u64);
+                for (c, score) in comments.into_iter().zip(scores) {
+                    act_on(&config, c, score, &*ingest, &*store).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, count = comments.len(), "scoring failed"),
+        }
+    }
+    tracing::info!("moderation drained");
+}
+
+async fn act_on(
+    config: &ModelConfig,
+    comment: Comment,
+    score: f32,
+    ingest: &dyn Ingest,
+    store: &dyn Store,
+) {
+    if score >= config.retract_threshold {
+        let action = Action::Retract {
+            stream: comment.stream.clone(),
+            comment_id: comment.id.clone(),
+            reason: format!("toxicity score {score:.2}"),
+            actor: actors::MODEL.into(),
+            strike: true,
+        };
+        match ingest.act(action).await {
+            Ok(_) => {
+                metrics::counter!("livecomments_moderation_retracted_total").increment(1);
+                let delay = (now_ms() - comment.ts).max(0) as f64 / 1000.0;
+                metrics::histogram!("livecomments_post_to_retract_seconds").record(delay);
+            }
+            Err(e) => tracing::warn!(error = %e, id = %comment.id, "model retraction failed"),
+        }
+    } else if score >= config.review_threshold {
+        let now = now_ms();
+        let item = QueueItem {
+            id: ulid::Ulid::new().to_string(),
+            stream: comment.stream.clone(),
+            kind: QueueKind::Borderline,
+            status: QueueStatus::Open,
+            created_at: now,
+            comment_id: Some(comment.id.clone()),
+            comment: Some(comment.clone()),
+            held: None,
+            score: Some(score),
+            reason: format!("toxicity score {score:.2} needs review"),
+            reports: Vec::new(),
+            hidden: false,
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+        };
+        let audit = AuditEntry {
+            at: now,
+            actor: actors::MODEL.into(),
+            action: "queue".into(),
+            stream: Some(comment.stream.clone()),
+            comment_id: Some(comment.id.clone()),
+            user: Some(comment.user.id.clone()),
+            reason: item.reason.clone(),
+        };
+        let queued = match store
+            .queue_item_for_comment(&comment.stream, &comment.id)
+            .await
+        {
+            // Reports got there first: add the score to their item.
+            Ok(Some(mut existing)) => {
+                existing.score = Some(score);
+                store.put_queue_item(&existing).await
+            }
+            Ok(None) => store.put_queue_item(&item).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = queued.and(store.append_audit(&audit).await) {
+            tracing::warn!(error = %e, id = %comment.id, "queueing a borderline comment failed");
+        }
+        metrics::counter!("livecomments_moderation_queued_total").increment(1);
+    }
+}
