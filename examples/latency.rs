@@ -1,8 +1,11 @@
 //! Post → deliver latency probe: starts the whole system in this process, connects viewers
 //! over MQTT TCP, posts comments at a fixed rate and prints latency percentiles and losses.
+//! With the model on, every `--toxic-every`-th comment is an insult the rules let through, and
+//! the probe also measures post → retract.
 //!
 //! ```text
-//! cargo run --release --example latency -- [--viewers 100] [--rate 100] [--seconds 5] [--window-ms 25]
+//! ORT_DYLIB_PATH=$(scripts/install-onnxruntime) cargo run --release --example latency -- \
+//!     [--viewers 100] [--rate 100] [--seconds 5] [--window-ms 25] [--model 1] [--toxic-every 10]
 //! ```
 //! The posting client, the viewers and the server share the machine's cores, so this measures
 //! the whole loop on one box, not the server alone.
@@ -34,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
         arg("--seconds", 5),
         arg("--window-ms", 25),
     );
+    let model = arg("--model", 1) == 1;
+    let toxic_every = arg("--toxic-every", 10);
     let dir = tempfile::tempdir()?;
     let mut config = AppConfig::defaults()?;
     config.data_dir = dir.path().to_path_buf();
@@ -46,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
         *port = 0;
     }
     config.bridge.rate_limit_count = 0;
+    config.mqtt.max_posts_per_second = 0;
+    config.moderation.model.enabled = model;
+    // One poster sends every insult: reputation would shadow-ban it after three.
+    config.moderation.reputation.strikes = 0;
     config.delivery.batch_window_ms = window;
     config.log.level = "warn".into();
     let running = app::start(config).await?;
@@ -78,6 +87,9 @@ async fn main() -> anyhow::Result<()> {
     let port = running.endpoints.mqtt.port();
     let epoch = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    // Viewer 0 also times retractions: comment id → send time, then retract latency.
+    let sent_by_id = Arc::new(Mutex::new(HashMap::<String, f64>::new()));
+    let retracts = Arc::new(Mutex::new(Vec::<f64>::new()));
     let received = Arc::new(Mutex::new(HashMap::<usize, usize>::new()));
     let mut ready = Vec::new();
     for v in 0..viewers {
@@ -92,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
         let (latencies, received) = (latencies.clone(), received.clone());
+        let (sent_by_id, retracts) = (sent_by_id.clone(), retracts.clone());
         tokio::spawn(async move {
             let _client = client;
             let mut tx = Some(tx);
@@ -111,11 +124,25 @@ async fn main() -> anyhow::Result<()> {
                         let mut l = latencies.lock().await;
                         let mut r = received.lock().await;
                         for e in frame["events"].as_array().into_iter().flatten() {
+                            if e["type"] == "retract" {
+                                if v == 0 {
+                                    let id = e["id"].as_str().unwrap_or_default();
+                                    if let Some(sent) = sent_by_id.lock().await.get(id) {
+                                        retracts.lock().await.push((now - sent) * 1000.0);
+                                    }
+                                }
+                                continue;
+                            }
                             let sent: f64 = e["text"]
                                 .as_str()
                                 .and_then(|t| t.strip_prefix("t="))
+                                .and_then(|t| t.split(' ').next())
                                 .and_then(|t| t.parse().ok())
                                 .unwrap_or(now);
+                            if v == 0 {
+                                let id = e["id"].as_str().unwrap_or_default().to_string();
+                                sent_by_id.lock().await.insert(id, sent);
+                            }
                             l.push((now - sent) * 1000.0);
                             *r.entry(v).or_default() += 1;
                         }
@@ -139,8 +166,14 @@ async fn main() -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
     for i in 0..total {
         tokio::time::sleep_until(start + interval * i as u32).await;
+        // An insult without blocklisted words: the rules let it through, the model should not.
+        let insult = if toxic_every > 0 && i % toxic_every == 0 {
+            " you stupid idiot moron"
+        } else {
+            ""
+        };
         let body = serde_json::json!({
-            "text": format!("t={}", epoch.elapsed().as_secs_f64()),
+            "text": format!("t={}{insult}", epoch.elapsed().as_secs_f64()),
             "client_msg_id": i.to_string(),
         });
         poster
@@ -163,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let expected = total as usize * viewers;
     println!(
-        "viewers={viewers} rate={rate}/s seconds={seconds} window_ms={window}\n\
+        "viewers={viewers} rate={rate}/s seconds={seconds} window_ms={window} model={model}\n\
          deliveries: {} of {expected} ({} missing)\n\
          post→deliver ms: p50={:.1} p90={:.1} p99={:.1} max={:.1}",
         l.len(),
@@ -173,6 +206,23 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99),
         l.last().copied().unwrap_or(f64::NAN),
     );
+    let mut r = retracts.lock().await.clone();
+    r.sort_by(f64::total_cmp);
+    if model && toxic_every > 0 {
+        let q = |p: f64| {
+            r.get(((r.len() as f64 * p) as usize).min(r.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "retracted: {} of {} toxic\npost→retract ms: p50={:.1} p99={:.1} max={:.1}",
+            r.len(),
+            total.div_ceil(toxic_every),
+            q(0.50),
+            q(0.99),
+            r.last().copied().unwrap_or(f64::NAN),
+        );
+    }
     running.shutdown().await;
     Ok(())
 }

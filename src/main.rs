@@ -69,6 +69,24 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Moderation tools.
+    Moderation {
+        #[command(subcommand)]
+        command: ModerationCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModerationCommand {
+    /// Score a labelled file (`label<TAB>text` per line, 1 = offensive, 0 = clean) with the
+    /// toxicity model; print precision, recall, F1 and ROC AUC at the configured thresholds,
+    /// and the latency per comment.
+    Eval {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +131,32 @@ fn main() -> anyhow::Result<()> {
         }
         Command::PrintDefaultConfig => {
             print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Moderation {
+            command: ModerationCommand::Eval { file, config },
+        } => {
+            let config = config.load()?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let examples = moderation::eval::parse_tsv(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let m = &config.moderation.model;
+            let path = app::onnxruntime_path(m);
+            let mut model = moderation::model::ToxicityModel::load(&path).with_context(|| {
+                format!(
+                    "loading ONNX Runtime from {} (run scripts/install-onnxruntime)",
+                    path.display()
+                )
+            })?;
+            let report = moderation::eval::evaluate(
+                &mut model,
+                &examples,
+                m.retract_threshold,
+                m.review_threshold,
+            )
+            .map_err(|e| anyhow::anyhow!("scoring failed: {e}"))?;
+            print!("{report}");
             Ok(())
         }
         Command::CheckConfig { file } => {

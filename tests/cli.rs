@@ -143,3 +143,30 @@ fn environment_overrides_ports_and_logs_say_where_listeners_are() {
     );
     assert!(p.terminate().success());
 }
+
+#[test]
+fn moderation_eval_prints_the_measures() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/moderation/eval/sample.tsv");
+    let out = run(&["moderation", "eval", sample], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "ROC AUC",
+        "precision",
+        "recall",
+        "F1",
+        "latency per comment",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "maybe\tsomething\n").unwrap();
+    let out = run(&["moderation", "eval", bad.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+}

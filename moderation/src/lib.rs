@@ -14,6 +14,7 @@
 //!
 //! # Layout
 //! - [`config`] — `[moderation]` settings.
+//! - [`eval`] — precision, recall, F1, ROC AUC and latency on labelled text.
 //! - [`normalize`] — text folding and word matching that defeat evasions.
 //! - [`rules`] — the synchronous rules.
 //! - [`model`] — [`model::ToxicityModel`], the offensive-language model (ONNX, scored through
@@ -22,6 +23,7 @@
 //! - `worker` — the asynchronous consumer: batching, scoring, retraction, review queue.
 
 pub mod config;
+pub mod eval;
 pub mod model;
 pub mod normalize;
 pub mod rules;
