@@ -90,6 +90,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         moderation_stop.clone(),
     ));
 
+    let presence = wire::presence::PresenceBoard::default();
     let node_shutdown = NodeShutdown::default();
     let node = Node::start(
         config.broker(),
@@ -98,14 +99,19 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
             keys: keys.clone(),
             streams: streams.clone(),
             auto_create_streams: config.bridge.auto_create_streams,
+            presence: presence.clone(),
         },
         node_shutdown.clone(),
     )
     .await?;
 
-    // Retained stream states live in the router's memory: publish them again after a start.
+    // Retained stream states and pins live in the router's memory: publish them again after a
+    // start.
     for s in store.list_streams().await? {
         bus.deliver(Delivery::stream_state(&s)).await?;
+        if s.pinned.is_some() {
+            bus.deliver(Delivery::pinned(&s)).await?;
+        }
     }
 
     let (http_addr, http) = playback_api::run(
@@ -117,6 +123,8 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
             keys: keys.clone(),
             metrics,
             max_page: config.http.max_page,
+            max_comment_chars: config.bridge.max_comment_chars,
+            presence,
         },
         node_shutdown.intake.clone(),
     )

@@ -23,6 +23,8 @@ pub struct AppConfig {
     pub mqtt: MqttConfig,
     pub ws: WsConfig,
     pub delivery: DeliveryConfig,
+    pub reactions: broker::ReactionsConfig,
+    pub presence: broker::PresenceConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub bridge: BridgeConfig,
@@ -153,6 +155,8 @@ impl AppConfig {
             mqtt: self.mqtt.clone(),
             ws: self.ws.clone(),
             delivery: self.delivery.clone(),
+            reactions: self.reactions.clone(),
+            presence: self.presence.clone(),
         }
     }
 

@@ -58,6 +58,8 @@ pub struct BridgeConfig {
     pub queue_capacity: usize,
     /// Most submissions stored in one transaction.
     pub max_batch: usize,
+    /// Deepest reply nesting; a reply to a comment at this depth attaches to its parent.
+    pub max_reply_depth: u8,
 }
 
 impl BridgeConfig {
@@ -68,6 +70,9 @@ impl BridgeConfig {
         }
         if self.rate_limit_count > 0 && self.rate_limit_window_s == 0 {
             errors.push("bridge.rate_limit_window_s must be at least 1".into());
+        }
+        if self.max_reply_depth == 0 {
+            errors.push("bridge.max_reply_depth must be at least 1".into());
         }
         if self.queue_capacity == 0 || self.max_batch == 0 {
             errors.push("bridge.queue_capacity and bridge.max_batch must be at least 1".into());

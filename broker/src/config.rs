@@ -49,6 +49,31 @@ pub struct DeliveryConfig {
     /// Frames are split to stay under this many bytes (a single larger event still goes out
     /// alone). Many MQTT clients refuse large packets (rumqttc: 10 KiB by default).
     pub max_frame_bytes: usize,
+    /// Above this many comments per second in one stream, live delivery keeps a fraction
+    /// (always keeping the broadcaster's, moderators' and replies); 0 turns sampling off.
+    pub sampling_threshold_per_s: u32,
+}
+
+/// `[reactions]` — emoji reactions, aggregated per node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactionsConfig {
+    /// Emoji a client may send; others are dropped (and counted).
+    pub allowed: Vec<String>,
+    /// With a `comment_id`, this emoji likes the comment.
+    pub like_emoji: String,
+    /// Counts are published (and added to the totals) this often while anything happens.
+    pub window_ms: u64,
+    /// Reactions one user may send per second; more are dropped (and counted). 0 = no limit.
+    pub per_user_per_second: u32,
+}
+
+/// `[presence]` — viewer counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Counts are published this often while they change.
+    pub interval_ms: u64,
 }
 
 /// Everything a node reads from the configuration.
@@ -57,6 +82,8 @@ pub struct BrokerConfig {
     pub mqtt: MqttConfig,
     pub ws: WsConfig,
     pub delivery: DeliveryConfig,
+    pub reactions: ReactionsConfig,
+    pub presence: PresenceConfig,
 }
 
 impl BrokerConfig {
@@ -87,6 +114,12 @@ impl BrokerConfig {
         }
         if self.delivery.max_frame_bytes < 1024 {
             errors.push("delivery.max_frame_bytes must be at least 1024".into());
+        }
+        if self.reactions.window_ms < 50 || self.presence.interval_ms < 100 {
+            errors.push("reactions.window_ms must be >= 50 and presence.interval_ms >= 100".into());
+        }
+        if self.reactions.allowed.is_empty() {
+            errors.push("reactions.allowed must list at least one emoji".into());
         }
         errors
     }

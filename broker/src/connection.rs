@@ -36,7 +36,9 @@ use wire::bus::{Author, Origin, Submission, SubmissionKind};
 use wire::inbox::{InboxMessage, RejectCode, Rejected};
 use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
+use wire::StreamId;
 
+use crate::reactions::Reacted;
 use crate::registry::{Direct, Registry, SlotGuard};
 use crate::router;
 use crate::transport::Transport;
@@ -59,6 +61,8 @@ pub(crate) struct NodeCtx {
     /// One token per connection that may still read from its client; shutdown waits for all
     /// of them before the write path stops taking submissions.
     pub readers: tokio_util::task::TaskTracker,
+    pub reactions: Arc<crate::reactions::Reactions>,
+    pub viewers: Arc<crate::presence::Viewers>,
 }
 
 /// Why a connection ended.
@@ -209,6 +213,7 @@ pub(crate) async fn serve(
         inbox_subscribed: false,
         filters: HashMap::new(),
         held: HashMap::new(),
+        watching: HashMap::new(),
         post_limit: post_limiter(ctx.config.mqtt.max_posts_per_second),
         reader: Some(reader),
         unscheduled: false,
@@ -276,6 +281,8 @@ struct Session {
     /// Concrete topics subscribed at the router → how many client filters cover them. The
     /// router sees each topic once, so overlapping filters never duplicate a message.
     held: HashMap<String, u32>,
+    /// Streams this connection watches → how many of their topics it holds (presence).
+    watching: HashMap<StreamId, u32>,
     /// Posts per second one connection may send (a flood is answered here, not queued).
     post_limit: Option<DefaultDirectRateLimiter>,
     /// Held while this connection may still read posts from its client.
@@ -415,6 +422,7 @@ impl Session {
         let (kind, stream) = match topics::parse_client_publish(&p.topic) {
             Some(ClientPublish::Post(s)) => (SubmissionKind::Post, s),
             Some(ClientPublish::Report(s)) => (SubmissionKind::Report, s),
+            Some(ClientPublish::React(s)) => return self.on_react(p, s),
             None => {
                 metrics::counter!("livecomments_publish_denied_total").increment(1);
                 tracing::warn!(topic = %p.topic, "publish outside the policy; closing");
@@ -484,6 +492,28 @@ impl Session {
         self.ack_publish(&p)
     }
 
+    /// Reactions are counted here; likes go to the write path. Either way the client gets
+    /// its PUBACK: a reaction that is dropped (unknown emoji, over the rate) is dropped
+    /// silently and counted.
+    fn on_react(&mut self, p: CPublish, stream: StreamId) -> Result<(), Close> {
+        let user = &self.identity.user;
+        if self.ctx.reactions.react(user, &stream, &p.payload) == Reacted::Like {
+            let like = Submission {
+                kind: SubmissionKind::Like,
+                stream,
+                author: Author::from(&self.identity),
+                payload: p.payload.clone(),
+                origin: Origin::Mqtt,
+                received_at_ms: now_ms(),
+            };
+            if self.ctx.deps.bus.submit(like).is_err() {
+                metrics::counter!("livecomments_reactions_dropped_total", "reason" => "overload")
+                    .increment(1);
+            }
+        }
+        self.ack_publish(&p)
+    }
+
     fn ack_publish(&mut self, p: &CPublish) -> Result<(), Close> {
         match p.qos {
             CQoS::AtMostOnce => Ok(()),
@@ -522,6 +552,7 @@ impl Session {
                             *n += 1;
                             if *n == 1 {
                                 new_topics.push(t.clone());
+                                self.watch(&stream, 1);
                             }
                         }
                         self.filters.insert(f.path.clone(), topics);
@@ -576,6 +607,11 @@ impl Session {
                     *n -= 1;
                     if *n == 0 {
                         self.held.remove(&t);
+                        if let Some(SubscribeTarget::Stream { stream, .. }) =
+                            topics::parse_subscribe(&t)
+                        {
+                            self.watch(&stream, -1);
+                        }
                         dropped.push(t);
                     }
                 }
@@ -593,6 +629,22 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// Counts the topics this connection holds per stream; the first one makes it a viewer of
+    /// the stream, dropping the last one stops that.
+    fn watch(&mut self, stream: &StreamId, delta: i32) {
+        let n = self.watching.entry(stream.clone()).or_insert(0);
+        let before = *n;
+        *n = n.saturating_add_signed(delta);
+        match (before, *n) {
+            (0, 1..) => self.ctx.viewers.join(stream, &self.identity.user),
+            (1.., 0) => {
+                self.ctx.viewers.leave(stream);
+                self.watching.remove(stream);
+            }
+            _ => {}
+        }
     }
 
     async fn stream_exists(&self, stream: &wire::StreamId) -> bool {
@@ -704,6 +756,10 @@ impl Session {
 
     async fn teardown(&mut self) {
         self.reader = None;
+        for stream in self.watching.keys() {
+            self.ctx.viewers.leave(stream);
+        }
+        self.watching.clear();
         let reg = &self.ctx.registry;
         reg.detach(&self.identity.user, self.uid);
         reg.leave(&self.identity.user, &self.client_id, self.uid);

@@ -22,13 +22,18 @@
 //! - `listener` — accept loops, connection limit, WebSocket handshake with a timeout.
 //! - `transport` — one byte-stream interface over TCP and WebSocket.
 //! - `connection` — the per-connection gatekeeper and its loop.
-//! - `registry` — takeover map, router session slots, inbox routing.
-//! - `relay` — bus deliveries → per-stream frames → router; inbox and retained messages.
+//! - `registry` — takeover map, router session slots, direct messages (inbox, private frames).
+//! - `relay` — bus deliveries → per-stream frames (with sampling under load) → router; inbox,
+//!   retained and plain messages.
+//! - `reactions` — emoji reactions counted per node, flushed once per window.
+//! - `presence` — viewers per stream and distinct users (HyperLogLog).
 //! - `router` — the rumqttd router and the node's internal link.
 
 pub mod config;
 mod connection;
 mod listener;
+mod presence;
+mod reactions;
 mod registry;
 mod relay;
 mod router;
@@ -44,7 +49,9 @@ use wire::auth::JwtKeys;
 use wire::bus::Bus;
 use wire::streams::StreamDirectory;
 
-pub use config::{BrokerConfig, DeliveryConfig, MqttConfig, WsConfig};
+pub use config::{
+    BrokerConfig, DeliveryConfig, MqttConfig, PresenceConfig, ReactionsConfig, WsConfig,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -67,6 +74,8 @@ pub struct BrokerDeps {
     pub streams: StreamDirectory,
     /// Subscriptions to unknown streams are allowed (they are created on first post).
     pub auto_create_streams: bool,
+    /// Where the node leaves its viewer counts for the HTTP API.
+    pub presence: wire::presence::PresenceBoard,
 }
 
 /// Shutdown phases of a node.
@@ -100,6 +109,8 @@ impl Node {
         let registry = Arc::new(registry::Registry::default());
         let connections = TaskTracker::new();
         let readers = TaskTracker::new();
+        let reactions = Arc::new(reactions::Reactions::new(&config.reactions));
+        let viewers = Arc::new(presence::Viewers::default());
         let ctx = Arc::new(connection::NodeCtx {
             config: config.clone(),
             deps: deps.clone(),
@@ -107,7 +118,23 @@ impl Node {
             registry: registry.clone(),
             shutdown: shutdown.clone(),
             readers: readers.clone(),
+            reactions: reactions.clone(),
+            viewers: viewers.clone(),
         });
+        tokio::spawn(reactions::run(
+            reactions.clone(),
+            config.reactions.window_ms,
+            deps.streams.store().clone(),
+            deps.bus.clone(),
+            shutdown.intake.clone(),
+        ));
+        tokio::spawn(presence::run(
+            viewers,
+            deps.presence.clone(),
+            std::time::Duration::from_millis(config.presence.interval_ms),
+            deps.bus.clone(),
+            shutdown.relay.clone(),
+        ));
 
         let tcp = listener::bind(&config.mqtt.host, config.mqtt.port).await?;
         let mqtt_addr = tcp.local_addr().map_err(|source| BrokerError::Bind {
@@ -148,6 +175,7 @@ impl Node {
             deliveries,
             router.link,
             registry,
+            reactions,
             config.delivery.clone(),
             shutdown.relay.clone(),
         ));

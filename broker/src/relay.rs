@@ -3,8 +3,15 @@
 //! Stream events are coalesced per stream for `delivery.batch_window_ms` and published as one
 //! frame on `streams/{stream}/comments`, which the router fans out. The first event after a
 //! quiet window goes out at once (with whatever else arrived in the same instant), so a lone
-//! comment is not delayed; under load a stream gets one frame per window. Inbox answers go to
-//! the registry, retained messages straight to the router.
+//! comment is not delayed; under load a stream gets one frame per window. Inbox answers and
+//! private frames go to the registry, retained and plain messages straight to the router,
+//! like counts to the reactions aggregator.
+//!
+//! **Sampling**: when a stream's events arrive faster than `delivery.sampling_threshold_per_s`,
+//! the relay keeps a fraction `threshold / incoming` of them (events marked `keep` —
+//! moderation, the broadcaster's and moderators' comments, replies — always stay) and puts a
+//! `{"type":"sampling","rate":…,"incoming_per_s":…}` notice into the frame when the fraction
+//! changes; `"rate":1.0` announces the end. Storage, replay and catch-up are not sampled.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,6 +29,7 @@ use wire::event::encode_frame;
 use wire::time::now_ms;
 use wire::{topics, StreamId};
 
+use crate::reactions::Reactions;
 use crate::registry::Registry;
 use crate::router;
 use crate::DeliveryConfig;
@@ -31,7 +39,6 @@ const DRAIN: usize = 4096;
 /// Bytes of `{"v":1,"events":[]}` around the events.
 const FRAME_OVERHEAD: usize = 19;
 
-#[derive(Default)]
 struct Pending {
     events: Vec<Bytes>,
     received_at_ms: Vec<i64>,
@@ -39,11 +46,35 @@ struct Pending {
     last_flush: Option<Instant>,
     /// Set while a flush is scheduled.
     due: Option<Instant>,
+    /// Events counted since `bucket_start`, to measure the incoming rate.
+    bucket_start: Instant,
+    bucket_count: u32,
+    /// Fraction of droppable events kept (1.0: no sampling).
+    keep_fraction: f64,
 }
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            events: Vec::new(),
+            received_at_ms: Vec::new(),
+            last_flush: None,
+            due: None,
+            bucket_start: Instant::now(),
+            bucket_count: 0,
+            keep_fraction: 1.0,
+        }
+    }
+}
+
+/// Sampling decisions are remade once per second of measured traffic.
+const RATE_BUCKET: Duration = Duration::from_secs(1);
 
 struct Relay {
     link: LinkTx,
     registry: Arc<Registry>,
+    reactions: Arc<Reactions>,
+    sampling_threshold: f64,
     window: Duration,
     max_frame_events: usize,
     max_frame_bytes: usize,
@@ -56,6 +87,7 @@ pub(crate) async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     (link, link_rx): (LinkTx, LinkRx),
     registry: Arc<Registry>,
+    reactions: Arc<Reactions>,
     config: DeliveryConfig,
     stop: CancellationToken,
 ) {
@@ -65,6 +97,8 @@ pub(crate) async fn run(
     let mut relay = Relay {
         link,
         registry,
+        reactions,
+        sampling_threshold: f64::from(config.sampling_threshold_per_s),
         window: Duration::from_millis(config.batch_window_ms),
         max_frame_events: config.max_frame_events,
         max_frame_bytes: config.max_frame_bytes,
@@ -72,9 +106,16 @@ pub(crate) async fn run(
         timers: BinaryHeap::new(),
         touched: Vec::new(),
     };
+    let mut rates = tokio::time::interval(RATE_BUCKET);
+    rates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next_due = relay.timers.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
+            _ = rates.tick() => {
+                // Ends sampling of streams that went quiet.
+                relay.remeasure_all();
+                relay.decide();
+            }
             d = deliveries.recv() => {
                 let Some(d) = d else { break };
                 relay.take(d);
@@ -101,6 +142,44 @@ pub(crate) async fn run(
     tracing::info!("relay flushed");
 }
 
+fn push(p: &mut Pending, touched: &mut Vec<StreamId>, stream: &StreamId, event: Bytes, at: i64) {
+    if p.events.is_empty() {
+        touched.push(stream.clone());
+    }
+    p.events.push(event);
+    p.received_at_ms.push(at);
+}
+
+/// Closes the rate bucket once a second has passed and decides the fraction to keep. Returns
+/// the sampling notice to send when the fraction changed noticeably.
+fn remeasure(p: &mut Pending, threshold: f64, now: Instant) -> Option<Bytes> {
+    let elapsed = now.duration_since(p.bucket_start);
+    if threshold <= 0.0 || elapsed < RATE_BUCKET {
+        return None;
+    }
+    let incoming = f64::from(p.bucket_count) / elapsed.as_secs_f64();
+    p.bucket_count = 0;
+    p.bucket_start = now;
+    let before = p.keep_fraction;
+    p.keep_fraction = if incoming > threshold {
+        threshold / incoming
+    } else if incoming < threshold * 0.8 {
+        // A little below the threshold before sampling ends, so it does not flap.
+        1.0
+    } else {
+        before
+    };
+    let changed =
+        (p.keep_fraction - before).abs() > 0.05 || (before < 1.0) != (p.keep_fraction < 1.0);
+    changed.then(|| {
+        let rate = (p.keep_fraction * 100.0).round() / 100.0;
+        Bytes::from(format!(
+            r#"{{"type":"sampling","rate":{rate},"incoming_per_s":{}}}"#,
+            incoming.round()
+        ))
+    })
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -121,14 +200,26 @@ impl Relay {
                 stream,
                 event,
                 received_at_ms,
+                keep,
             } => {
+                let threshold = self.sampling_threshold;
                 let p = self.streams.entry(stream.clone()).or_default();
-                if p.events.is_empty() {
-                    self.touched.push(stream);
+                p.bucket_count += 1;
+                if let Some(notice) = remeasure(p, threshold, Instant::now()) {
+                    push(p, &mut self.touched, &stream, notice, received_at_ms);
                 }
-                p.events.push(event);
-                p.received_at_ms.push(received_at_ms);
+                if !keep && p.keep_fraction < 1.0 && rand::random::<f64>() >= p.keep_fraction {
+                    metrics::counter!("livecomments_sampled_out_total").increment(1);
+                    return;
+                }
+                push(p, &mut self.touched, &stream, event, received_at_ms);
             }
+            Delivery::Topic { topic, payload } => {
+                if let Err(e) = router::publish(&mut self.link, topic, payload) {
+                    tracing::error!(error = %e, "publishing a message failed");
+                }
+            }
+            Delivery::Likes { stream, counts } => self.reactions.note_likes(stream, counts),
             Delivery::Inbox { user, payload } => {
                 self.registry
                     .deliver(&user, &topics::inbox(&user), &payload);
@@ -152,6 +243,21 @@ impl Relay {
                 if let Err(e) = router::send_packets(&mut self.link, vec![packet]) {
                     tracing::error!(error = %e, "publishing a retained message failed");
                 }
+            }
+        }
+    }
+
+    /// Re-measures every stream's rate (the rate tick), so sampling also ends when events
+    /// stop altogether.
+    fn remeasure_all(&mut self) {
+        if self.sampling_threshold <= 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let threshold = self.sampling_threshold;
+        for (stream, p) in self.streams.iter_mut() {
+            if let Some(notice) = remeasure(p, threshold, now) {
+                push(p, &mut self.touched, stream, notice, wire::time::now_ms());
             }
         }
     }

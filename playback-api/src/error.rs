@@ -67,7 +67,9 @@ fn reject_status(code: RejectCode) -> StatusCode {
         }
         RejectCode::StreamNotLive => StatusCode::NOT_FOUND,
         RejectCode::RateLimited | RejectCode::SlowMode => StatusCode::TOO_MANY_REQUESTS,
-        RejectCode::Banned => StatusCode::FORBIDDEN,
+        RejectCode::Banned | RejectCode::SubscribersOnly | RejectCode::EmoteOnly => {
+            StatusCode::FORBIDDEN
+        }
         RejectCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

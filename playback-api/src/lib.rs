@@ -8,6 +8,8 @@
 //! - [`app`] builds the router from an [`AppState`] (tests call it without a socket).
 //! - `routes/streams.rs` — create, read, start, end.
 //! - `routes/comments.rs` — post, replay window, catch-up.
+//! - `routes/engagement.rs` — stats, reply threads, top comments.
+//! - `routes/moderation.rs` — moderator and broadcaster tools.
 //! - `routes/ops.rs` — `/healthz`, `/metrics`.
 //! - `auth.rs` — the Bearer-token extractor; `error.rs` — [`ApiError`].
 
@@ -68,6 +70,10 @@ pub struct AppState {
     pub keys: JwtKeys,
     pub metrics: MetricsRender,
     pub max_page: usize,
+    /// The server's longest comment (a stream's `max_length` cannot exceed it).
+    pub max_comment_chars: usize,
+    /// Viewer counts left by the broker node.
+    pub presence: wire::presence::PresenceBoard,
 }
 
 /// The whole API as one router.
@@ -75,6 +81,7 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(routes::streams::router())
         .merge(routes::comments::router())
+        .merge(routes::engagement::router())
         .merge(routes::moderation::router())
         .merge(routes::ops::router())
         .with_state(state)

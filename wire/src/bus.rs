@@ -60,6 +60,8 @@ pub enum SubmissionKind {
     Post,
     /// A report of a comment: `{"comment_id", "reason"}`.
     Report,
+    /// A like or unlike of a comment: `{"emoji", "comment_id", "remove"}`.
+    Like,
 }
 
 /// A client's post or report before validation. The payload is the raw body; the bridge
@@ -85,6 +87,17 @@ pub enum Delivery {
         stream: StreamId,
         event: Bytes,
         received_at_ms: i64,
+        /// Never dropped by sampling (moderation events, comments by the broadcaster and
+        /// moderators, replies).
+        keep: bool,
+    },
+    /// A plain (not retained, not batched) message, e.g. `streams/{stream}/reactions` or
+    /// `.../presence`.
+    Topic { topic: String, payload: Bytes },
+    /// New like counts of comments; nodes add them to the next reactions frame.
+    Likes {
+        stream: StreamId,
+        counts: Vec<(String, u64)>,
     },
     /// One message for `users/{user}/inbox`.
     Inbox { user: UserId, payload: Bytes },
@@ -105,6 +118,16 @@ impl Delivery {
         Delivery::Retained {
             topic: topics::state(&state.id),
             payload: Bytes::from(serde_json::to_vec(state).unwrap_or_default()),
+        }
+    }
+
+    /// The retained `streams/{stream}/pinned` message: `{"pinned": comment}` or
+    /// `{"pinned": null}` (never an empty payload, which would delete the retained message).
+    pub fn pinned(state: &StreamState) -> Delivery {
+        let body = serde_json::json!({ "pinned": state.pinned });
+        Delivery::Retained {
+            topic: topics::pinned(&state.id),
+            payload: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
         }
     }
 }

@@ -33,6 +33,16 @@ pub struct Comment {
     /// Milliseconds since the stream started: the position on the recording's timeline.
     pub offset_ms: u64,
     pub reply_to: Option<String>,
+    /// Likes, in replay, catch-up and top lists (omitted when 0; live events start at 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub likes: u64,
+    /// Direct replies, in replay, catch-up and top lists (omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replies: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One event inside a delivery frame and in catch-up. Later features add variants; clients
@@ -130,6 +140,74 @@ pub struct StreamState {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// Slow mode and chat mode, set by the broadcaster or moderators.
+    #[serde(default)]
+    pub settings: ChatSettings,
+    /// The pinned comment (also the retained message on `streams/{stream}/pinned`).
+    #[serde(default)]
+    pub pinned: Option<Comment>,
+    /// Incremented by every change; updates are compare-and-set on it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl StreamState {
+    /// A new stream record (status `created`).
+    pub fn new(id: StreamId, title: String, owner: Option<UserId>, now: i64) -> StreamState {
+        StreamState {
+            id,
+            title,
+            owner,
+            status: StreamStatus::Created,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            settings: ChatSettings::default(),
+            pinned: None,
+            version: 0,
+        }
+    }
+}
+
+/// Who may post and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatMode {
+    /// Everyone.
+    #[default]
+    Open,
+    /// Only users whose token says `"subscriber": true` (and broadcasters and moderators).
+    Subscribers,
+    /// Only emoji.
+    EmoteOnly,
+}
+
+/// A stream's chat settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSettings {
+    /// Seconds a user waits between comments (0 = off).
+    #[serde(default)]
+    pub slow_mode_s: u64,
+    #[serde(default)]
+    pub mode: ChatMode,
+    /// Longest comment in characters (capped by the server's limit).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+fn default_max_length() -> usize {
+    500
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        ChatSettings {
+            slow_mode_s: 0,
+            mode: ChatMode::Open,
+            max_length: default_max_length(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +228,8 @@ mod tests {
             ts: 1_763_771_234_567,
             offset_ms: 93_120,
             reply_to: None,
+            likes: 0,
+            replies: 0,
         });
         let v: serde_json::Value = serde_json::from_slice(&e.to_bytes()).unwrap();
         assert_eq!(

@@ -25,6 +25,10 @@ pub enum RejectCode {
     Unavailable,
     /// A moderation rule refused the text (blocklist, links, spam).
     Blocked,
+    /// The stream admits only subscribers (and its broadcaster and moderators).
+    SubscribersOnly,
+    /// The stream admits only emoji.
+    EmoteOnly,
 }
 
 impl RejectCode {
@@ -39,6 +43,8 @@ impl RejectCode {
             RejectCode::StreamNotLive => "stream_not_live",
             RejectCode::Unavailable => "unavailable",
             RejectCode::Blocked => "blocked",
+            RejectCode::SubscribersOnly => "subscribers_only",
+            RejectCode::EmoteOnly => "emote_only",
         }
     }
 
@@ -117,6 +123,18 @@ pub struct Reported {
     pub comment_id: String,
 }
 
+/// Someone replied to one of the user's comments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The reply.
+    pub id: String,
+    pub seq: u64,
+    pub stream: crate::StreamId,
+    /// The user's comment that was replied to.
+    pub parent_id: String,
+    pub user: crate::event::UserRef,
+}
+
 /// A message on a user's inbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -125,6 +143,7 @@ pub enum InboxMessage {
     Reject(Rejected),
     Held(Held),
     Reported(Reported),
+    Reply(Reply),
 }
 
 impl From<Outcome> for InboxMessage {
@@ -182,6 +201,8 @@ mod tests {
             RejectCode::StreamNotLive,
             RejectCode::Unavailable,
             RejectCode::Blocked,
+            RejectCode::SubscribersOnly,
+            RejectCode::EmoteOnly,
         ] {
             assert_eq!(
                 serde_json::to_value(c).unwrap(),

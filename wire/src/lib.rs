@@ -16,6 +16,7 @@
 //! - [`bus`] — the bus between broker nodes and bridges, with the in-process implementation.
 //! - [`ingest`] — the write-path entry point the HTTP API and the bus consumer call.
 //! - [`moderation`] — bans, review-queue items, reports, audit entries, moderation actions.
+//! - [`presence`] — the latest viewer counts per stream.
 //! - [`streams`] — a cache of stream records shared by the broker, bridge and API.
 //! - [`time`] — wall-clock helpers (milliseconds since the Unix epoch).
 
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod inbox;
 pub mod ingest;
 pub mod moderation;
+pub mod presence;
 pub mod store;
 pub mod streams;
 pub mod time;

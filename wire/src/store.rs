@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Comment, Event, StreamState, StreamStatus};
+use crate::event::{Comment, Event, StreamState};
 use crate::ids::{StreamId, UserId};
 use crate::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 
@@ -46,6 +46,9 @@ pub struct StoredComment {
     pub client_msg_id: String,
     #[serde(default)]
     pub visibility: Visibility,
+    /// Nesting level: 0 for a top-level comment, parent's + 1 for a reply.
+    #[serde(default)]
+    pub depth: u8,
 }
 
 /// One row of a stream's event log, keyed by `(stream, seq)`.
@@ -100,6 +103,15 @@ pub enum DedupHit {
     Held { item: String },
 }
 
+/// A user likes (or unlikes) a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LikeChange {
+    pub stream: StreamId,
+    pub comment_id: String,
+    pub user: UserId,
+    pub like: bool,
+}
+
 /// Where a replay page starts: after this `(offset_ms, seq)` position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ReplayCursor {
@@ -111,13 +123,9 @@ pub struct ReplayCursor {
 pub trait Store: Send + Sync + 'static {
     /// Creates a stream; returns `false` (and changes nothing) if the id exists.
     async fn create_stream(&self, stream: &StreamState) -> Result<bool, StoreError>;
-    /// Replaces a stream record only if its stored status is still `expected` (compare and
-    /// set, so concurrent lifecycle changes cannot undo each other). Returns whether it wrote.
-    async fn update_stream(
-        &self,
-        stream: &StreamState,
-        expected: StreamStatus,
-    ) -> Result<bool, StoreError>;
+    /// Replaces a stream record only if the stored one still has version `expected` (compare
+    /// and set, so concurrent changes cannot undo each other). Returns whether it wrote.
+    async fn update_stream(&self, stream: &StreamState, expected: u64) -> Result<bool, StoreError>;
     async fn get_stream(&self, id: &StreamId) -> Result<Option<StreamState>, StoreError>;
     async fn list_streams(&self) -> Result<Vec<StreamState>, StoreError>;
 
@@ -129,6 +137,32 @@ pub trait Store: Send + Sync + 'static {
     /// restorations with the change to the comment they address. When this returns `Ok`, they
     /// survive a crash.
     async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
+    /// Adds reaction counts to the stream's totals; returns all its totals afterwards.
+    async fn add_reactions(
+        &self,
+        stream: &StreamId,
+        counts: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+    async fn reaction_totals(&self, stream: &StreamId) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Applies likes and unlikes in one transaction; a second like and an unlike without a
+    /// like change nothing, nor do likes of unknown comments. Returns, per change, the
+    /// comment's new like count when it changed.
+    async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError>;
+    /// Likes and direct replies of each comment, in order.
+    async fn engagement(
+        &self,
+        stream: &StreamId,
+        comment_ids: &[String],
+    ) -> Result<Vec<(u64, u64)>, StoreError>;
+    /// Visible direct replies to a comment, by `seq`, after `after_seq`, at most `limit`.
+    async fn replies(
+        &self,
+        stream: &StreamId,
+        parent_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Comment>, StoreError>;
+
     /// A comment by id, whatever its visibility.
     async fn find_comment(
         &self,

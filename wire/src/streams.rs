@@ -54,16 +54,42 @@ impl StreamDirectory {
     }
 
     /// Records a state this process just wrote or read, so its next reads see it at once.
-    /// A lifecycle only moves forward, so an older state (a slow read racing a newer write)
-    /// never replaces a newer one.
+    /// An older version (a slow read racing a newer write) never replaces a newer one.
     pub fn remember(&self, state: StreamState) {
         if let Ok(mut cache) = self.cache.write() {
             match cache.get_mut(&state.id) {
-                Some((old, at)) if old.status > state.status => *at = Instant::now(),
+                Some((old, at)) if old.version > state.version => *at = Instant::now(),
                 _ => {
                     cache.insert(state.id.clone(), (state, Instant::now()));
                 }
             }
         }
+    }
+
+    /// Changes a stream record: `change` gets the current record and returns whether it
+    /// changed it (or an error, which aborts). The write is a compare-and-set on the version,
+    /// retried on the fresh record when another writer got there first. Returns the record as
+    /// it is afterwards and whether this call changed it; `None` if the stream does not exist.
+    pub async fn update<E: From<StoreError>>(
+        &self,
+        id: &StreamId,
+        mut change: impl FnMut(&mut StreamState) -> Result<bool, E>,
+    ) -> Result<Option<(StreamState, bool)>, E> {
+        for _ in 0..8 {
+            let Some(mut state) = self.store.get_stream(id).await? else {
+                return Ok(None);
+            };
+            let expected = state.version;
+            if !change(&mut state)? {
+                self.remember(state.clone());
+                return Ok(Some((state, false)));
+            }
+            state.version = expected + 1;
+            if self.store.update_stream(&state, expected).await? {
+                self.remember(state.clone());
+                return Ok(Some((state, true)));
+            }
+        }
+        Err(StoreError::Backend(format!("stream {id} keeps changing concurrently; retry")).into())
     }
 }

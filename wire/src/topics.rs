@@ -21,6 +21,21 @@ pub fn state(stream: &StreamId) -> String {
     format!("streams/{stream}/state")
 }
 
+/// The pinned comment, retained: `streams/{stream}/pinned`.
+pub fn pinned(stream: &StreamId) -> String {
+    format!("streams/{stream}/pinned")
+}
+
+/// Aggregated reactions: `streams/{stream}/reactions`.
+pub fn reactions(stream: &StreamId) -> String {
+    format!("streams/{stream}/reactions")
+}
+
+/// Viewer counts: `streams/{stream}/presence`.
+pub fn presence(stream: &StreamId) -> String {
+    format!("streams/{stream}/presence")
+}
+
 /// Viewer reports of comments (QoS 1): `streams/{stream}/report`.
 pub fn report(stream: &StreamId) -> String {
     format!("streams/{stream}/report")
@@ -38,10 +53,12 @@ pub enum ClientPublish {
     Post(StreamId),
     /// `streams/{stream}/report`
     Report(StreamId),
+    /// `streams/{stream}/react` (QoS 0 is enough)
+    React(StreamId),
 }
 
 /// Server → client topic kinds under `streams/{stream}/`; clients may subscribe to these.
-pub const STREAM_SERVER_TOPICS: &[&str] = &["comments", "state"];
+pub const STREAM_SERVER_TOPICS: &[&str] = &["comments", "state", "pinned", "reactions", "presence"];
 
 /// Parses a topic a client publishes to. `None` means the publish is not allowed.
 pub fn parse_client_publish(topic: &str) -> Option<ClientPublish> {
@@ -55,6 +72,7 @@ pub fn parse_client_publish(topic: &str) -> Option<ClientPublish> {
     match kind {
         "post" => Some(ClientPublish::Post(stream)),
         "report" => Some(ClientPublish::Report(stream)),
+        "react" => Some(ClientPublish::React(stream)),
         _ => None,
     }
 }
@@ -132,10 +150,10 @@ mod tests {
 
     #[test]
     fn subscriptions_are_limited_to_one_stream_or_own_inbox() {
-        let all = vec![
-            "streams/s1/comments".to_string(),
-            "streams/s1/state".to_string(),
-        ];
+        let all: Vec<String> = STREAM_SERVER_TOPICS
+            .iter()
+            .map(|k| format!("streams/s1/{k}"))
+            .collect();
         for (ok, topics) in [
             (
                 "streams/s1/comments",
@@ -166,6 +184,7 @@ mod tests {
             "streams/+/#",
             "streams/s1/post",
             "streams/s1/report",
+            "streams/s1/react",
             "streams/s1/comments/#",
             "users/+/inbox",
             "users/#",

@@ -18,6 +18,11 @@
 //! - `held_dedup`:    (stream, user, client_msg_id) → item id of a held post
 //! - `strikes`:       (user, at) → ()
 //! - `audit`:         (at, entry id) → `AuditEntry` (JSON)
+//! - `reactions`:     (stream, emoji) → total
+//! - `likes`:         (stream, comment id, user) → () — who liked what, once each
+//! - `like_counts`:   (stream, comment id) → likes
+//! - `replies`:       (stream, parent id, seq) → () — a thread, in order
+//! - `reply_counts`:  (stream, comment id) → direct replies
 
 use std::ops::Bound;
 use std::path::Path;
@@ -28,10 +33,11 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
-use wire::event::{Comment, Event, Restoration, Retraction, StreamState, StreamStatus};
+use wire::event::{Comment, Event, Restoration, Retraction, StreamState};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 use wire::store::{
-    DedupHit, DedupKey, ReplayCursor, Store, StoreError, StoredComment, StoredEvent, Visibility,
+    DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment, StoredEvent,
+    Visibility,
 };
 use wire::{StreamId, UserId};
 
@@ -46,6 +52,11 @@ const QUEUE_COMMENT: TableDefinition<(&str, &str), &str> = TableDefinition::new(
 const HELD_DEDUP: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("held_dedup");
 const STRIKES: TableDefinition<(&str, i64), ()> = TableDefinition::new("strikes");
 const AUDIT: TableDefinition<(i64, &str), &[u8]> = TableDefinition::new("audit");
+const REACTIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("reactions");
+const LIKES: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("likes");
+const LIKE_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("like_counts");
+const REPLIES: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("replies");
+const REPLY_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("reply_counts");
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -95,6 +106,11 @@ impl EmbeddedStore {
             tx.open_table(HELD_DEDUP).map_err(backend)?;
             tx.open_table(STRIKES).map_err(backend)?;
             tx.open_table(AUDIT).map_err(backend)?;
+            tx.open_table(REACTIONS).map_err(backend)?;
+            tx.open_table(LIKES).map_err(backend)?;
+            tx.open_table(LIKE_COUNTS).map_err(backend)?;
+            tx.open_table(REPLIES).map_err(backend)?;
+            tx.open_table(REPLY_COUNTS).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
         Ok(EmbeddedStore {
@@ -134,6 +150,22 @@ impl EmbeddedStore {
     }
 }
 
+/// All reaction totals of a stream.
+fn totals_of(
+    t: &impl ReadableTable<(&'static str, &'static str), u64>,
+    stream: &str,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut out = Vec::new();
+    for row in t.range((stream, "")..).map_err(backend)? {
+        let (k, v) = row.map_err(backend)?;
+        if k.value().0 != stream {
+            break;
+        }
+        out.push((k.value().1.to_owned(), v.value()));
+    }
+    Ok(out)
+}
+
 /// A durable write transaction (redb's default `Durability::Immediate`: `commit()` returns
 /// after fsync).
 fn begin_write(db: &Database, quick_repair: bool) -> Result<WriteTransaction, StoreError> {
@@ -159,6 +191,24 @@ fn comment_at(
     }
 }
 
+/// Fills in a comment's like and reply counts.
+fn with_counts(tx: &ReadTransaction, mut c: Comment) -> Result<Comment, StoreError> {
+    let likes = tx.open_table(LIKE_COUNTS).map_err(backend)?;
+    let replies = tx.open_table(REPLY_COUNTS).map_err(backend)?;
+    let key = (c.stream.as_str(), c.id.as_str());
+    c.likes = likes
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    c.replies = replies
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    Ok(c)
+}
+
 /// Changes the visibility of a stored comment inside a write transaction.
 fn set_visibility(
     events: &mut redb::Table<(&'static str, u64), &'static [u8]>,
@@ -177,16 +227,16 @@ fn set_visibility(
 }
 
 /// Writes a stream record if none exists (`expected == None`) or the stored one has the
-/// expected status; returns whether it wrote.
+/// expected version; returns whether it wrote.
 fn put_stream_tx(
     tx: &WriteTransaction,
     state: &StreamState,
-    expected: Option<StreamStatus>,
+    expected: Option<u64>,
 ) -> Result<bool, StoreError> {
     let bytes = json(state)?;
     let mut t = tx.open_table(STREAMS).map_err(backend)?;
-    let current: Option<StreamStatus> = match t.get(state.id.as_str()).map_err(backend)? {
-        Some(v) => Some(parse::<StreamState>(v.value())?.status),
+    let current: Option<u64> = match t.get(state.id.as_str()).map_err(backend)? {
+        Some(v) => Some(parse::<StreamState>(v.value())?.version),
         None => None,
     };
     if current != expected {
@@ -204,11 +254,7 @@ impl Store for EmbeddedStore {
         self.write(move |tx| put_stream_tx(tx, &stream, None)).await
     }
 
-    async fn update_stream(
-        &self,
-        stream: &StreamState,
-        expected: StreamStatus,
-    ) -> Result<bool, StoreError> {
+    async fn update_stream(&self, stream: &StreamState, expected: u64) -> Result<bool, StoreError> {
         let stream = stream.clone();
         self.write(move |tx| put_stream_tx(tx, &stream, Some(expected)))
             .await
@@ -296,6 +342,8 @@ impl Store for EmbeddedStore {
             let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
             let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
             let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+            let mut replies = tx.open_table(REPLIES).map_err(backend)?;
+            let mut reply_counts = tx.open_table(REPLY_COUNTS).map_err(backend)?;
             for (event, bytes) in &rows {
                 match event {
                     StoredEvent::Comment(c) => {
@@ -313,6 +361,19 @@ impl Store for EmbeddedStore {
                             .map_err(backend)?;
                         ids.insert((s, c.comment.id.as_str()), seq)
                             .map_err(backend)?;
+                        if let Some(parent) = &c.comment.reply_to {
+                            replies
+                                .insert((s, parent.as_str(), seq), ())
+                                .map_err(backend)?;
+                            let n = reply_counts
+                                .get((s, parent.as_str()))
+                                .map_err(backend)?
+                                .map(|v| v.value())
+                                .unwrap_or(0);
+                            reply_counts
+                                .insert((s, parent.as_str()), n + 1)
+                                .map_err(backend)?;
+                        }
                     }
                     StoredEvent::Retract {
                         stream,
@@ -404,7 +465,7 @@ impl Store for EmbeddedStore {
                 let c = comment_at(&events, s, seq)?
                     .ok_or_else(|| corrupt(format!("time index points at missing seq {seq}")))?;
                 if c.visibility == Visibility::Visible {
-                    out.push(c.comment);
+                    out.push(with_counts(tx, c.comment)?);
                 }
             }
             Ok(out)
@@ -433,7 +494,7 @@ impl Store for EmbeddedStore {
                 let (_, v) = row.map_err(backend)?;
                 match parse::<StoredEvent>(v.value())? {
                     StoredEvent::Comment(c) if c.visibility == Visibility::Visible => {
-                        out.push(Event::Comment(c.comment))
+                        out.push(Event::Comment(with_counts(tx, c.comment)?))
                     }
                     StoredEvent::Comment(_) => {}
                     StoredEvent::Retract {
@@ -462,6 +523,140 @@ impl Store for EmbeddedStore {
                                 }));
                             }
                         }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_reactions(
+        &self,
+        stream: &StreamId,
+        counts: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let (stream, counts) = (stream.clone(), counts.to_vec());
+        self.write(move |tx| {
+            let mut t = tx.open_table(REACTIONS).map_err(backend)?;
+            let s = stream.as_str();
+            for (emoji, n) in &counts {
+                let old = t
+                    .get((s, emoji.as_str()))
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                t.insert((s, emoji.as_str()), old.saturating_add(*n))
+                    .map_err(backend)?;
+            }
+            totals_of(&t, s)
+        })
+        .await
+    }
+
+    async fn reaction_totals(&self, stream: &StreamId) -> Result<Vec<(String, u64)>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |tx| {
+            let t = tx.open_table(REACTIONS).map_err(backend)?;
+            totals_of(&t, stream.as_str())
+        })
+        .await
+    }
+
+    async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
+        let changes = changes.to_vec();
+        self.write(move |tx| {
+            let ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+            let mut likes = tx.open_table(LIKES).map_err(backend)?;
+            let mut counts = tx.open_table(LIKE_COUNTS).map_err(backend)?;
+            let mut out = Vec::with_capacity(changes.len());
+            for ch in &changes {
+                let (s, c) = (ch.stream.as_str(), ch.comment_id.as_str());
+                if ids.get((s, c)).map_err(backend)?.is_none() {
+                    out.push(None);
+                    continue;
+                }
+                let key = (s, c, ch.user.as_str());
+                let had = likes.get(key).map_err(backend)?.is_some();
+                if had == ch.like {
+                    out.push(None);
+                    continue;
+                }
+                let n = counts
+                    .get((s, c))
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                let n = if ch.like {
+                    likes.insert(key, ()).map_err(backend)?;
+                    n + 1
+                } else {
+                    likes.remove(key).map_err(backend)?;
+                    n.saturating_sub(1)
+                };
+                counts.insert((s, c), n).map_err(backend)?;
+                out.push(Some(n));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn engagement(
+        &self,
+        stream: &StreamId,
+        comment_ids: &[String],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let (stream, ids) = (stream.clone(), comment_ids.to_vec());
+        self.read(move |tx| {
+            let likes = tx.open_table(LIKE_COUNTS).map_err(backend)?;
+            let replies = tx.open_table(REPLY_COUNTS).map_err(backend)?;
+            let s = stream.as_str();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let l = likes
+                    .get((s, id.as_str()))
+                    .map_err(backend)?
+                    .map(|v| v.value());
+                let r = replies
+                    .get((s, id.as_str()))
+                    .map_err(backend)?
+                    .map(|v| v.value());
+                out.push((l.unwrap_or(0), r.unwrap_or(0)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replies(
+        &self,
+        stream: &StreamId,
+        parent_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Comment>, StoreError> {
+        let (stream, parent) = (stream.clone(), parent_id.to_owned());
+        self.read(move |tx| {
+            let replies = tx.open_table(REPLIES).map_err(backend)?;
+            let events = tx.open_table(EVENTS).map_err(backend)?;
+            let (s, p) = (stream.as_str(), parent.as_str());
+            let Some(first) = after_seq.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for row in replies
+                .range((s, p, first)..=(s, p, u64::MAX))
+                .map_err(backend)?
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = row.map_err(backend)?;
+                let seq = k.value().2;
+                if let Some(c) = comment_at(&events, s, seq)? {
+                    if c.visibility == Visibility::Visible {
+                        out.push(with_counts(tx, c.comment)?);
                     }
                 }
             }
@@ -669,7 +864,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::event::UserRef;
+    use wire::event::{StreamStatus, UserRef};
     use wire::moderation::QueueKind;
 
     fn stored(stream: &str, seq: u64, offset_ms: u64) -> StoredComment {
@@ -686,9 +881,12 @@ mod tests {
                 ts: 0,
                 offset_ms,
                 reply_to: None,
+                likes: 0,
+                replies: 0,
             },
             client_msg_id: format!("m{seq}"),
             visibility: Visibility::Visible,
+            depth: 0,
         }
     }
 
@@ -713,29 +911,16 @@ mod tests {
     #[tokio::test]
     async fn streams_round_trip_with_compare_and_set() {
         let (_d, store) = open();
-        let st = StreamState {
-            id: s("s1"),
-            title: "t".into(),
-            owner: None,
-            status: StreamStatus::Created,
-            created_at: 1,
-            started_at: None,
-            ended_at: None,
-        };
+        let st = StreamState::new(s("s1"), "t".into(), None, 1);
         assert!(store.create_stream(&st).await.unwrap());
         assert!(!store.create_stream(&st).await.unwrap());
         let mut live = st.clone();
         live.status = StreamStatus::Live;
-        assert!(store
-            .update_stream(&live, StreamStatus::Created)
-            .await
-            .unwrap());
+        live.version = 1;
+        assert!(store.update_stream(&live, 0).await.unwrap());
         assert!(
-            !store
-                .update_stream(&st, StreamStatus::Created)
-                .await
-                .unwrap(),
-            "compare and set: the stored status is live now"
+            !store.update_stream(&st, 0).await.unwrap(),
+            "compare and set: the stored version is 1 now"
         );
         assert_eq!(store.get_stream(&st.id).await.unwrap(), Some(live));
         assert_eq!(store.list_streams().await.unwrap().len(), 1);

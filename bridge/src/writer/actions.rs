@@ -1,7 +1,7 @@
 //! Moderation actions: retract, restore, report, review-queue decisions, strikes. Each one
 //! that changes what viewers see gets its own `seq` and is published like a comment.
 
-use wire::bus::{Author, Submission};
+use wire::bus::{Author, Delivery, Submission};
 use wire::event::{Comment, Event, Restoration, Retraction, UserRef};
 use wire::inbox::{Accepted, Answer, InboxMessage, Outcome, RejectCode, Rejected, Reported};
 use wire::moderation::{
@@ -121,7 +121,7 @@ impl Writer {
             seq,
             reason: reason.to_owned(),
         });
-        self.publish(stream, &event, now).await;
+        self.publish(stream, &event, now, true).await;
         self.audit(AuditEntry {
             at: now,
             actor: actor.to_owned(),
@@ -137,6 +137,7 @@ impl Writer {
             reason: reason.to_owned(),
         })
         .await;
+        self.unpin_if(stream, comment_id, actor).await;
         // An open review item about this comment is settled by a moderator's or the
         // model's retraction (not by hiding, which waits for a moderator).
         let mut item = None;
@@ -200,7 +201,7 @@ impl Writer {
             seq,
             comment: c.comment.clone(),
         });
-        self.publish(stream, &event, now).await;
+        self.publish(stream, &event, now, true).await;
         self.audit(AuditEntry {
             at: now,
             actor: actor.to_owned(),
@@ -231,6 +232,42 @@ impl Writer {
             item,
             changed: true,
         })
+    }
+
+    /// A retracted comment does not stay pinned.
+    async fn unpin_if(&self, stream: &StreamId, comment_id: &str, actor: &str) {
+        let updated = self
+            .deps
+            .streams
+            .update(stream, |s| {
+                if s.pinned.as_ref().is_some_and(|c| c.id == comment_id) {
+                    s.pinned = None;
+                    return Ok::<_, StoreError>(true);
+                }
+                Ok(false)
+            })
+            .await;
+        match updated {
+            Ok(Some((s, true))) => {
+                for d in [Delivery::pinned(&s), Delivery::stream_state(&s)] {
+                    if let Err(e) = self.deps.bus.deliver(d).await {
+                        tracing::warn!(error = %e, "publishing the unpin failed");
+                    }
+                }
+                self.audit(AuditEntry {
+                    at: now_ms(),
+                    actor: actor.to_owned(),
+                    action: "unpin".into(),
+                    stream: Some(stream.clone()),
+                    comment_id: Some(comment_id.to_owned()),
+                    user: None,
+                    reason: "the pinned comment was retracted".into(),
+                })
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "unpinning a retracted comment failed"),
+        }
     }
 
     /// A viewer report over MQTT: `{"comment_id": "...", "reason": "..."}`.
@@ -478,12 +515,16 @@ impl Writer {
             text: held.text.clone(),
             ts: now,
             offset_ms,
-            reply_to: held.reply_to.clone(),
+            // Approved later: the thread may have changed; published as a top-level comment.
+            reply_to: None,
+            likes: 0,
+            replies: 0,
         };
         let stored = StoredComment {
             comment: comment.clone(),
             client_msg_id: held.client_msg_id.clone(),
             visibility: Visibility::Visible,
+            depth: 0,
         };
         if let Err(e) = self
             .deps
@@ -495,7 +536,7 @@ impl Writer {
             return Err(store_err(e));
         }
         let event = Event::Comment(comment.clone());
-        self.publish(&item.stream, &event, now).await;
+        self.publish(&item.stream, &event, now, false).await;
         self.to_inbox(
             &user,
             InboxMessage::Ack(Accepted {

@@ -2,6 +2,7 @@
 //! moderation actions in between, all numbered from the same per-stream sequence.
 
 mod actions;
+mod likes;
 mod posts;
 
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub(crate) struct Writer {
     cursors: HashMap<StreamId, Cursor>,
     ids: ulid::Generator,
     last_cleanup: Instant,
+    /// When each user last posted in each stream, for slow mode.
+    last_post: HashMap<(StreamId, UserId), Instant>,
 }
 
 /// Where an answer goes.
@@ -60,6 +63,7 @@ impl Writer {
             cursors: HashMap::new(),
             ids: ulid::Generator::new(),
             last_cleanup: Instant::now(),
+            last_post: HashMap::new(),
         }
     }
 
@@ -86,6 +90,9 @@ impl Writer {
             self.process(std::mem::take(&mut batch)).await;
             if self.last_cleanup.elapsed() > Duration::from_secs(60) {
                 self.limiter.forget_idle();
+                // Slow-mode records older than the longest slow mode are useless.
+                self.last_post
+                    .retain(|_, at| at.elapsed() < Duration::from_secs(3600));
                 self.last_cleanup = Instant::now();
             }
         }
@@ -96,24 +103,39 @@ impl Writer {
     /// arrival order.
     async fn process(&mut self, jobs: Vec<Job>) {
         let mut posts = Vec::new();
+        let mut likes = Vec::new();
         for job in jobs {
             match job {
                 Job::Submit { submission, reply } if submission.kind == SubmissionKind::Post => {
+                    self.flush_likes(&mut likes).await;
                     posts.push((submission, reply))
+                }
+                Job::Submit { submission, .. } if submission.kind == SubmissionKind::Like => {
+                    self.flush_posts(&mut posts).await;
+                    likes.push(submission);
                 }
                 Job::Submit { submission, reply } => {
                     self.flush_posts(&mut posts).await;
+                    self.flush_likes(&mut likes).await;
                     let outcome = self.report(&submission).await;
                     self.answer(&submission.author.id, reply, outcome).await;
                 }
                 Job::Act { action, reply } => {
                     self.flush_posts(&mut posts).await;
+                    self.flush_likes(&mut likes).await;
                     let result = self.act(action).await;
                     let _ = reply.send(result);
                 }
             }
         }
         self.flush_posts(&mut posts).await;
+        self.flush_likes(&mut likes).await;
+    }
+
+    async fn flush_likes(&mut self, likes: &mut Vec<wire::bus::Submission>) {
+        if !likes.is_empty() {
+            self.process_likes(std::mem::take(likes)).await;
+        }
     }
 
     async fn flush_posts(&mut self, posts: &mut Vec<(wire::bus::Submission, Reply)>) {
@@ -149,12 +171,13 @@ impl Writer {
         }
     }
 
-    /// Publishes an event to everyone watching the stream.
-    async fn publish(&self, stream: &StreamId, event: &Event, received_at_ms: i64) {
+    /// Publishes an event to everyone watching the stream. `keep`: sampling never drops it.
+    async fn publish(&self, stream: &StreamId, event: &Event, received_at_ms: i64, keep: bool) {
         let delivery = Delivery::Stream {
             stream: stream.clone(),
             event: event.to_bytes(),
             received_at_ms,
+            keep,
         };
         if let Err(e) = self.deps.bus.deliver(delivery).await {
             tracing::error!(error = %e, "publishing an event failed");
@@ -244,15 +267,9 @@ impl Writer {
             Some(_) => Ok(None),
             None if self.config.auto_create_streams => {
                 let now = now_ms();
-                let s = StreamState {
-                    id: id.clone(),
-                    title: id.to_string(),
-                    owner: None,
-                    status: StreamStatus::Live,
-                    created_at: now,
-                    started_at: Some(now),
-                    ended_at: None,
-                };
+                let mut s = StreamState::new(id.clone(), id.to_string(), None, now);
+                s.status = StreamStatus::Live;
+                s.started_at = Some(now);
                 if !self.deps.streams.store().create_stream(&s).await? {
                     // Created concurrently by someone else: use theirs.
                     return Ok(dir

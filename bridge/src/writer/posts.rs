@@ -2,14 +2,16 @@
 //! number, store in one transaction, publish, answer.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use wire::auth::Role;
 use wire::bus::Submission;
-use wire::event::{Comment, Event, StreamState, UserRef};
-use wire::inbox::{Accepted, Answer, Held, Outcome, RejectCode, Rejected};
+use wire::event::{ChatMode, Comment, Event, StreamState, UserRef};
+use wire::inbox::{self, Accepted, Answer, Held, InboxMessage, Outcome, RejectCode, Rejected};
 use wire::moderation::{actors, AuditEntry, Ban, HeldPost, QueueItem, QueueKind, QueueStatus};
 use wire::store::{DedupHit, DedupKey, StoredComment, StoredEvent, Visibility};
 use wire::time::now_ms;
+use wire::{StreamId, UserId};
 
 use super::{unavailable, Reply, Writer};
 use crate::validate::{parse_post, Post};
@@ -30,6 +32,12 @@ struct Fresh {
     post: Post,
     stream: StreamState,
     shadow: bool,
+    /// Nesting level (0 top-level); `post.reply_to` is already the attached parent.
+    depth: u8,
+    /// The parent's author, told about the reply.
+    notify: Option<UserId>,
+    /// Sampling never drops it (broadcaster, moderators, replies).
+    keep: bool,
 }
 
 impl Writer {
@@ -67,16 +75,10 @@ impl Writer {
                 continue;
             };
             match self.admit(&slot.submission, post, &bans).await {
-                Ok(Admit::Fresh {
-                    post,
-                    stream,
-                    shadow,
-                }) => fresh.push(Fresh {
-                    index: i,
-                    post,
-                    stream,
-                    shadow,
-                }),
+                Ok(Admit::Fresh(mut f)) => {
+                    f.index = i;
+                    fresh.push(*f);
+                }
                 Ok(Admit::Answered(o)) => slot.outcome = Some(o),
                 Err(r) => slot.outcome = Some(Err(r)),
             }
@@ -87,16 +89,27 @@ impl Writer {
         for (index, client_msg_id) in failed {
             slots[index].outcome = Some(Err(unavailable(Some(client_msg_id))));
         }
-        for (index, c, shadow) in stored {
+        for (index, c, f) in stored {
             let sub = &slots[index].submission;
             let event = Event::Comment(c.comment.clone());
-            if shadow {
+            if f.shadow {
                 // Acknowledged as usual, shown only to its author.
                 self.publish_privately(&sub.author.id, &c.comment.stream, &event)
                     .await;
             } else {
-                self.publish(&c.comment.stream, &event, sub.received_at_ms)
+                self.publish(&c.comment.stream, &event, sub.received_at_ms, f.keep)
                     .await;
+                if let Some(parent_author) = f.notify.filter(|u| *u != sub.author.id) {
+                    let reply = inbox::Reply {
+                        id: c.comment.id.clone(),
+                        seq: c.comment.seq,
+                        stream: c.comment.stream.clone(),
+                        parent_id: c.comment.reply_to.clone().unwrap_or_default(),
+                        user: c.comment.user.clone(),
+                    };
+                    self.to_inbox(&parent_author, InboxMessage::Reply(reply))
+                        .await;
+                }
                 if let Some(tx) = &self.deps.accepted {
                     if tx.try_send(c.comment.clone()).is_err() {
                         metrics::counter!("livecomments_moderation_dropped_total").increment(1);
@@ -229,6 +242,44 @@ impl Writer {
             ));
         }
         let shadow = !active.is_empty();
+        let a = &sub.author;
+        let exempt = matches!(a.role, Role::Broadcaster | Role::Moderator | Role::Admin)
+            || stream.owner.as_ref() == Some(&a.id);
+
+        // Chat settings of the stream (its broadcaster and moderators are exempt).
+        let settings = stream.settings;
+        if !exempt {
+            match settings.mode {
+                ChatMode::Open => {}
+                ChatMode::Subscribers if a.subscriber => {}
+                ChatMode::Subscribers => {
+                    return Err(Rejected::new(
+                        id,
+                        RejectCode::SubscribersOnly,
+                        "this chat is for subscribers only",
+                    ))
+                }
+                ChatMode::EmoteOnly if is_emote_only(&post.text) => {}
+                ChatMode::EmoteOnly => {
+                    return Err(Rejected::new(
+                        id,
+                        RejectCode::EmoteOnly,
+                        "this chat is in emote-only mode",
+                    ))
+                }
+            }
+            let chars = post.text.chars().count();
+            if chars > settings.max_length {
+                return Err(Rejected::new(
+                    id,
+                    RejectCode::TooLong,
+                    format!(
+                        "text is {chars} characters; this stream's limit is {}",
+                        settings.max_length
+                    ),
+                ));
+            }
+        }
 
         let candidate = moderation::Candidate {
             stream: &sub.stream,
@@ -249,10 +300,31 @@ impl Writer {
             }
         }
 
-        if let Err(wait) = self.limiter.check(&sub.author.id) {
+        let (post, depth, notify) = self.attach_reply(&sub.stream, post).await?;
+
+        let key = (sub.stream.clone(), a.id.clone());
+        if !exempt && settings.slow_mode_s > 0 {
+            if let Some(last) = self.last_post.get(&key) {
+                let wait = Duration::from_secs(settings.slow_mode_s).saturating_sub(last.elapsed());
+                if !wait.is_zero() {
+                    let ms = (wait.as_millis() as u64).max(1);
+                    return Err(Rejected::new(
+                        Some(post.client_msg_id),
+                        RejectCode::SlowMode,
+                        format!(
+                            "slow mode: one comment every {} s; retry in {} ms",
+                            settings.slow_mode_s, ms
+                        ),
+                    )
+                    .retry_after(ms));
+                }
+            }
+        }
+
+        if let Err(wait) = self.limiter.check(&a.id) {
             let ms = (wait.as_millis() as u64).max(1);
             return Err(Rejected::new(
-                id,
+                Some(post.client_msg_id),
                 RejectCode::RateLimited,
                 format!(
                     "at most {} comments per {} s; retry in {} ms",
@@ -261,11 +333,57 @@ impl Writer {
             )
             .retry_after(ms));
         }
-        Ok(Admit::Fresh {
+        self.last_post.insert(key, Instant::now());
+        let keep = exempt || post.reply_to.is_some();
+        Ok(Admit::Fresh(Box::new(Fresh {
+            index: 0,
             post,
             stream,
             shadow,
-        })
+            depth,
+            notify,
+            keep,
+        })))
+    }
+
+    /// Checks `reply_to` and attaches a reply deeper than the limit to its ancestor at the
+    /// limit. Returns the post (with its final `reply_to`), its depth and the parent's author.
+    async fn attach_reply(
+        &self,
+        stream: &StreamId,
+        mut post: Post,
+    ) -> Result<(Post, u8, Option<UserId>), Rejected> {
+        let Some(parent_id) = post.reply_to.clone() else {
+            return Ok((post, 0, None));
+        };
+        let id = Some(post.client_msg_id.clone());
+        let missing = || {
+            Rejected::new(
+                id.clone(),
+                RejectCode::Invalid,
+                format!("reply_to: no comment {parent_id} in this stream"),
+            )
+        };
+        let store = &self.deps.store;
+        let parent = store
+            .find_comment(stream, &parent_id)
+            .await
+            .map_err(|_| unavailable(id.clone()))?
+            .filter(|c| c.visibility == Visibility::Visible)
+            .ok_or_else(missing)?;
+        let max = self.config.max_reply_depth;
+        if parent.depth < max {
+            return Ok((post, parent.depth + 1, Some(parent.comment.user.id)));
+        }
+        // Too deep: attach to the parent's own parent, which is at the limit - 1.
+        let ancestor_id = parent.comment.reply_to.clone().ok_or_else(missing)?;
+        let ancestor = store
+            .find_comment(stream, &ancestor_id)
+            .await
+            .map_err(|_| unavailable(id.clone()))?
+            .ok_or_else(missing)?;
+        post.reply_to = Some(ancestor_id);
+        Ok((post, ancestor.depth + 1, Some(ancestor.comment.user.id)))
     }
 
     /// Puts a post into the review queue instead of the stream.
@@ -326,7 +444,7 @@ impl Writer {
         &mut self,
         slots: &[Slot],
         fresh: Vec<Fresh>,
-    ) -> (Vec<(usize, StoredComment, bool)>, Vec<(usize, String)>) {
+    ) -> (Vec<(usize, StoredComment, Fresh)>, Vec<(usize, String)>) {
         if fresh.is_empty() {
             return (Vec::new(), Vec::new());
         }
@@ -341,7 +459,7 @@ impl Writer {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, stream = %sub.stream, "reading the last seq failed");
-                    failed.push((f.index, f.post.client_msg_id));
+                    failed.push((f.index, f.post.client_msg_id.clone()));
                     continue;
                 }
             };
@@ -354,19 +472,22 @@ impl Writer {
                         id: sub.author.id.clone(),
                         name: sub.author.name.clone(),
                     },
-                    text: f.post.text,
+                    text: f.post.text.clone(),
                     ts: now,
                     offset_ms,
-                    reply_to: f.post.reply_to,
+                    reply_to: f.post.reply_to.clone(),
+                    likes: 0,
+                    replies: 0,
                 },
-                client_msg_id: f.post.client_msg_id,
+                client_msg_id: f.post.client_msg_id.clone(),
                 visibility: if f.shadow {
                     Visibility::Shadow
                 } else {
                     Visibility::Visible
                 },
+                depth: f.depth,
             };
-            meta.push((f.index, stored.clone(), f.shadow));
+            meta.push((f.index, stored.clone(), f));
             rows.push(StoredEvent::Comment(stored));
         }
         if rows.is_empty() {
@@ -391,13 +512,16 @@ impl Writer {
 }
 
 enum Admit {
-    Fresh {
-        post: Post,
-        stream: StreamState,
-        shadow: bool,
-    },
+    Fresh(Box<Fresh>),
     /// Decided without storing a comment (held for review).
     Answered(Outcome),
+}
+
+/// Whether a text is only emoji (and spaces).
+fn is_emote_only(text: &str) -> bool {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .all(moderation::rules::is_emoji)
 }
 
 fn held_answer(client_msg_id: String, item: String, message: &str) -> Held {

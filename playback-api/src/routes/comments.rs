@@ -92,6 +92,8 @@ struct ListQuery {
     after_seq: Option<u64>,
     limit: Option<usize>,
     pagination_token: Option<String>,
+    /// Replay only: `new` (default, timeline order) or `top` (engagement, one page).
+    order: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -174,6 +176,17 @@ async fn list(
     };
     let store = state.streams.store();
 
+    match q.order.as_deref() {
+        None | Some("new") | Some("top") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order {other:?}: new or top"
+            )))
+        }
+    }
+    if q.order.is_some() && q.after_seq.is_some() {
+        return Err(ApiError::bad_request("order goes with start_time (replay)"));
+    }
     let (comments, next) = match (q.start_time, q.after_seq) {
         (Some(start), None) => {
             let from = seconds_to_ms("start_time", start)?;
@@ -193,6 +206,19 @@ async fn list(
                     ))
                 }
             };
+            if q.order.as_deref() == Some("top") {
+                if after.is_some() {
+                    return Err(ApiError::bad_request("order=top returns one page"));
+                }
+                let mut page = store.replay(&id, from, to, None, 10_000).await?;
+                super::engagement::rank(&mut page, now_ms());
+                page.truncate(limit);
+                return Ok(Json(Page {
+                    stream: id.to_string(),
+                    comments: page.into_iter().map(Event::Comment).collect(),
+                    next_token: None,
+                }));
+            }
             let page = store.replay(&id, from, to, after, limit).await?;
             let next = (page.len() == limit).then(|| {
                 let last = &page[page.len() - 1];

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use wire::auth::Role;
 use wire::bus::Delivery;
-use wire::event::{StreamState, StreamStatus};
+use wire::event::{ChatSettings, StreamState, StreamStatus};
+use wire::moderation::AuditEntry;
+use wire::store::Visibility;
 use wire::time::now_ms;
 use wire::StreamId;
 
@@ -27,6 +29,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/streams/{stream}", get(read))
         .route("/v1/streams/{stream}/start", post(start))
         .route("/v1/streams/{stream}/end", post(end))
+        .route("/v1/streams/{stream}/settings", put(settings))
+        .route("/v1/streams/{stream}/pin", post(pin).delete(unpin))
 }
 
 #[derive(Deserialize)]
@@ -59,15 +63,7 @@ async fn create(
             "title must be at most {MAX_TITLE_CHARS} characters without control characters"
         )));
     }
-    let stream = StreamState {
-        id,
-        title,
-        owner: Some(caller.0.user.clone()),
-        status: StreamStatus::Created,
-        created_at: now_ms(),
-        started_at: None,
-        ended_at: None,
-    };
+    let stream = StreamState::new(id, title, Some(caller.0.user.clone()), now_ms());
     if !state.streams.store().create_stream(&stream).await? {
         return Err(ApiError::Conflict {
             code: "exists",
@@ -122,9 +118,8 @@ async fn end(
     transition(state, caller, stream, StreamStatus::Ended).await
 }
 
-/// Moves a stream forward in its lifecycle. The write is a compare-and-set on the status read,
-/// so concurrent calls cannot move it backwards or set `started_at` twice; a lost race is
-/// retried on the fresh record.
+/// Moves a stream forward in its lifecycle (a compare-and-set on the record's version, so
+/// concurrent calls cannot move it backwards or set `started_at` twice).
 async fn transition(
     state: AppState,
     caller: Caller,
@@ -132,44 +127,201 @@ async fn transition(
     to: StreamStatus,
 ) -> Result<Json<StreamState>, ApiError> {
     let id = parse_stream_id(&stream)?;
-    for _ in 0..3 {
-        let current = load(&state, &id).await?;
-        may_manage(&caller, &current)?;
-        if current.status == to {
-            return Ok(Json(current)); // idempotent
-        }
-        if current.status > to {
-            return Err(ApiError::Conflict {
-                code: "stream_ended",
-                message: format!("stream {id} has ended and cannot start again"),
-            });
-        }
-        let mut next = current.clone();
-        next.status = to;
-        let now = now_ms();
-        match to {
-            StreamStatus::Live => next.started_at = Some(now),
-            StreamStatus::Ended => next.ended_at = Some(now),
-            StreamStatus::Created => {}
-        }
-        if state
-            .streams
-            .store()
-            .update_stream(&next, current.status)
-            .await?
-        {
-            publish(&state, &next).await;
-            return Ok(Json(next));
-        }
+    let updated = state
+        .streams
+        .update(&id, |s| {
+            may_manage(&caller, s)?;
+            if s.status == to {
+                return Ok(false); // idempotent
+            }
+            if s.status > to {
+                return Err(ApiError::Conflict {
+                    code: "stream_ended",
+                    message: format!("stream {id} has ended and cannot start again"),
+                });
+            }
+            s.status = to;
+            let now = now_ms();
+            match to {
+                StreamStatus::Live => s.started_at = Some(now),
+                StreamStatus::Ended => s.ended_at = Some(now),
+                StreamStatus::Created => {}
+            }
+            Ok(true)
+        })
+        .await?;
+    let Some((s, changed)) = updated else {
+        return Err(ApiError::NotFound(format!("stream {id} does not exist")));
+    };
+    if changed {
+        publish(&state, &s).await;
     }
-    Err(ApiError::Unavailable(format!(
-        "stream {id} is being changed concurrently; retry"
-    )))
+    Ok(Json(s))
 }
 
 async fn publish(state: &AppState, s: &StreamState) {
     state.streams.remember(s.clone());
     if let Err(e) = state.bus.deliver(Delivery::stream_state(s)).await {
         tracing::warn!(error = %e, stream = %s.id, "publishing stream state failed");
+    }
+}
+
+/// Broadcasters of the stream, moderators and admins change its chat.
+fn may_moderate(caller: &Caller, stream: &StreamState) -> Result<(), ApiError> {
+    match caller.0.role {
+        Role::Moderator | Role::Admin => Ok(()),
+        Role::Broadcaster if stream.owner.as_ref() == Some(&caller.0.user) => Ok(()),
+        _ => Err(ApiError::Forbidden(
+            "needs role moderator, admin or the stream's broadcaster".into(),
+        )),
+    }
+}
+
+/// Longest slow mode, seconds.
+const MAX_SLOW_MODE_S: u64 = 3600;
+
+async fn settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(stream): Path<String>,
+    body: Bytes,
+) -> Result<Json<StreamState>, ApiError> {
+    let id = parse_stream_id(&stream)?;
+    let settings: ChatSettings = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be {{\"slow_mode_s\", \"mode\": \"open|subscribers|emote_only\", \"max_length\"}}: {e}"
+        ))
+    })?;
+    if settings.slow_mode_s > MAX_SLOW_MODE_S {
+        return Err(ApiError::bad_request(format!(
+            "slow_mode_s is at most {MAX_SLOW_MODE_S}"
+        )));
+    }
+    if settings.max_length == 0 || settings.max_length > state.max_comment_chars {
+        return Err(ApiError::bad_request(format!(
+            "max_length must be between 1 and {}",
+            state.max_comment_chars
+        )));
+    }
+    let updated = state
+        .streams
+        .update(&id, |s| {
+            may_moderate(&caller, s)?;
+            let changed = s.settings != settings;
+            s.settings = settings;
+            Ok::<_, ApiError>(changed)
+        })
+        .await?;
+    let Some((s, changed)) = updated else {
+        return Err(ApiError::NotFound(format!("stream {id} does not exist")));
+    };
+    if changed {
+        publish(&state, &s).await;
+        audit(
+            &state,
+            &caller,
+            "settings",
+            &s.id,
+            None,
+            &serde_json::to_string(&settings).unwrap_or_default(),
+        )
+        .await;
+    }
+    Ok(Json(s))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinBody {
+    comment_id: String,
+}
+
+async fn pin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(stream): Path<String>,
+    body: Bytes,
+) -> Result<Json<StreamState>, ApiError> {
+    let id = parse_stream_id(&stream)?;
+    let PinBody { comment_id } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body must be {{\"comment_id\"}}: {e}")))?;
+    let stored = state
+        .streams
+        .store()
+        .find_comment(&id, &comment_id)
+        .await?
+        .filter(|c| c.visibility == Visibility::Visible)
+        .ok_or_else(|| ApiError::NotFound(format!("no visible comment {comment_id} in {id}")))?;
+    let updated = state
+        .streams
+        .update(&id, |s| {
+            may_moderate(&caller, s)?;
+            let changed = s.pinned.as_ref().map(|c| &c.id) != Some(&comment_id);
+            s.pinned = Some(stored.comment.clone());
+            Ok::<_, ApiError>(changed)
+        })
+        .await?;
+    let Some((s, changed)) = updated else {
+        return Err(ApiError::NotFound(format!("stream {id} does not exist")));
+    };
+    if changed {
+        publish_pin(&state, &s).await;
+        audit(&state, &caller, "pin", &s.id, Some(comment_id), "").await;
+    }
+    Ok(Json(s))
+}
+
+async fn unpin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(stream): Path<String>,
+) -> Result<Json<StreamState>, ApiError> {
+    let id = parse_stream_id(&stream)?;
+    let mut was = None;
+    let updated = state
+        .streams
+        .update(&id, |s| {
+            may_moderate(&caller, s)?;
+            was = s.pinned.take().map(|c| c.id);
+            Ok::<_, ApiError>(was.is_some())
+        })
+        .await?;
+    let Some((s, changed)) = updated else {
+        return Err(ApiError::NotFound(format!("stream {id} does not exist")));
+    };
+    if changed {
+        publish_pin(&state, &s).await;
+        audit(&state, &caller, "unpin", &s.id, was, "").await;
+    }
+    Ok(Json(s))
+}
+
+/// Publishes the retained pin and stream state after a change of the pin.
+async fn publish_pin(state: &AppState, s: &StreamState) {
+    publish(state, s).await;
+    if let Err(e) = state.bus.deliver(Delivery::pinned(s)).await {
+        tracing::warn!(error = %e, stream = %s.id, "publishing the pin failed");
+    }
+}
+
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    stream: &StreamId,
+    comment_id: Option<String>,
+    reason: &str,
+) {
+    let entry = AuditEntry {
+        at: now_ms(),
+        actor: caller.0.user.to_string(),
+        action: action.into(),
+        stream: Some(stream.clone()),
+        comment_id,
+        user: None,
+        reason: reason.into(),
+    };
+    if let Err(e) = state.streams.store().append_audit(&entry).await {
+        tracing::warn!(error = %e, "writing the audit trail failed");
     }
 }

@@ -1,0 +1,70 @@
+//! Likes of comments: once per user per comment, stored durably in one transaction per run
+//! of likes; new counts go to the nodes, which add them to the next reactions frame.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use wire::bus::{Delivery, Submission};
+use wire::store::LikeChange;
+use wire::StreamId;
+
+use super::Writer;
+
+/// `{"emoji": "👍", "comment_id": "...", "remove": false}`
+#[derive(Deserialize)]
+struct Body {
+    comment_id: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+impl Writer {
+    pub(super) async fn process_likes(&mut self, likes: Vec<Submission>) {
+        let changes: Vec<LikeChange> = likes
+            .iter()
+            .filter_map(|s| match serde_json::from_slice::<Body>(&s.payload) {
+                Ok(b) => Some(LikeChange {
+                    stream: s.stream.clone(),
+                    comment_id: b.comment_id,
+                    user: s.author.id.clone(),
+                    like: !b.remove,
+                }),
+                Err(_) => {
+                    metrics::counter!("livecomments_reactions_dropped_total", "reason" => "invalid")
+                        .increment(1);
+                    None
+                }
+            })
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        let counts = match self.deps.store.set_likes(&changes).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, count = changes.len(), "storing likes failed");
+                return;
+            }
+        };
+        // The latest count per comment, grouped by stream.
+        let mut by_stream: BTreeMap<StreamId, BTreeMap<String, u64>> = BTreeMap::new();
+        for (ch, n) in changes.into_iter().zip(counts) {
+            if let Some(n) = n {
+                by_stream
+                    .entry(ch.stream)
+                    .or_default()
+                    .insert(ch.comment_id, n);
+            }
+        }
+        for (stream, counts) in by_stream {
+            metrics::counter!("livecomments_likes_total").increment(counts.len() as u64);
+            let delivery = Delivery::Likes {
+                stream,
+                counts: counts.into_iter().collect(),
+            };
+            if let Err(e) = self.deps.bus.deliver(delivery).await {
+                tracing::warn!(error = %e, "publishing like counts failed");
+            }
+        }
+    }
+}
