@@ -60,6 +60,34 @@ impl System {
         }
     }
 
+    /// Stops the system and starts it again on the same data directory and configuration
+    /// (new ports).
+    pub async fn restart(mut self) -> System {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let running = app::start(self.config.clone())
+            .await
+            .expect("system restarts");
+        self.running = Some(running);
+        self
+    }
+
+    /// A token of a paying subscriber.
+    pub fn subscriber_token(&self, sub: &str) -> String {
+        let now = wire::time::now_ms() / 1000;
+        self.keys()
+            .sign(&Claims {
+                sub: sub.into(),
+                name: None,
+                role: Role::Viewer,
+                exp: (now + 3600) as u64,
+                iat: None,
+                subscriber: true,
+            })
+            .expect("sign")
+    }
+
     fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }
