@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bridge::store::EmbeddedStore;
-use bridge::{Bridge, BridgeDeps};
+use bridge::{Bridge, BridgeDeps, BridgeShutdown};
 use broker::{BrokerDeps, Node, NodeShutdown};
 use playback_api::AppState;
 use serde::Serialize;
@@ -36,8 +36,9 @@ pub struct Running {
     node: Node,
     node_shutdown: NodeShutdown,
     http: JoinHandle<()>,
-    bridge_stop: CancellationToken,
-    bridge: JoinHandle<()>,
+    bridge_stop: BridgeShutdown,
+    bridge: Bridge,
+    bridge_tasks: bridge::BridgeTasks,
     moderation_stop: CancellationToken,
     moderation: JoinHandle<()>,
     store: Arc<dyn Store>,
@@ -67,8 +68,8 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     let scorer = load_scorer(&config.moderation.model)?;
     let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(4096);
 
-    let bridge_stop = CancellationToken::new();
-    let (bridge, bridge_task) = Bridge::start(
+    let bridge_stop = BridgeShutdown::default();
+    let (bridge, bridge_tasks) = Bridge::start(
         config.bridge.clone(),
         BridgeDeps {
             store: store.clone(),
@@ -79,6 +80,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         },
         bridge_stop.clone(),
     )?;
+    let bridge_handle = bridge.clone();
     let bridge: Arc<dyn wire::ingest::Ingest> = Arc::new(bridge);
     let moderation_stop = CancellationToken::new();
     let moderation_task = tokio::spawn(moderation::run(
@@ -86,7 +88,6 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         accepted_rx,
         scorer,
         bridge.clone(),
-        store.clone(),
         moderation_stop.clone(),
     ));
 
@@ -149,7 +150,8 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         node_shutdown,
         http,
         bridge_stop,
-        bridge: bridge_task,
+        bridge: bridge_handle,
+        bridge_tasks,
         moderation_stop,
         moderation: moderation_task,
         store,
@@ -215,9 +217,6 @@ impl Running {
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
         self.node_shutdown.intake.cancel();
-        // Moderation first: its retractions still need the write path.
-        self.moderation_stop.cancel();
-        let _ = (&mut self.moderation).await;
         if tokio::time::timeout(Duration::from_secs(10), self.node.intake_stopped())
             .await
             .is_err()
@@ -230,8 +229,15 @@ impl Running {
         {
             tracing::warn!("http requests still running 10 s after shutdown began");
         }
-        self.bridge_stop.cancel();
-        let _ = self.bridge.await;
+        // The write path stores everything already received, then moderation scores what it
+        // was given (its retractions still go through the writer), then the writer stops.
+        self.bridge_stop.consumer.cancel();
+        let _ = (&mut self.bridge_tasks.consumer).await;
+        self.bridge.flush().await;
+        self.moderation_stop.cancel();
+        let _ = (&mut self.moderation).await;
+        self.bridge_stop.writer.cancel();
+        let _ = (&mut self.bridge_tasks.writer).await;
         self.node_shutdown.relay.cancel();
         self.node.relay_finished().await;
         // Give connections a moment to write the last frames and answers.

@@ -610,23 +610,24 @@ async fn viewers_get_403_from_every_moderator_tool() {
     let sys = System::start().await;
     sys.live_stream("s1").await;
     let vt = sys.token("vic", Role::Viewer);
+    // A real queue item and a real comment, so 403 is about the role, not a missing target.
+    let (_, mut p) = viewer_and_poster(&sys, "ann").await;
+    p.post_text("s1", "see www.spam.tv", "h").await;
+    let item = p.inbox("ann").await["id"].as_str().unwrap().to_string();
+    p.post_text("s1", "a real comment", "c").await;
+    let comment = p.inbox("ann").await["id"].as_str().unwrap().to_string();
+    let retract = format!("/v1/streams/s1/comments/{comment}/retract");
+    let restore = format!("/v1/streams/s1/comments/{comment}/restore");
+    let decision = format!("/v1/moderation/queue/{item}/decision");
     use reqwest::Method as M;
     for (method, path, body) in [
-        (
-            M::POST,
-            "/v1/streams/s1/comments/x/retract",
-            Some(json!({})),
-        ),
-        (
-            M::POST,
-            "/v1/streams/s1/comments/x/restore",
-            Some(json!({})),
-        ),
+        (M::POST, retract.as_str(), Some(json!({}))),
+        (M::POST, restore.as_str(), Some(json!({}))),
         (M::GET, "/v1/moderation/queue", None),
         (M::GET, "/v1/moderation/queue?stream=s1", None),
         (
             M::POST,
-            "/v1/moderation/queue/x/decision",
+            decision.as_str(),
             Some(json!({"decision":"approve"})),
         ),
         (
@@ -636,12 +637,22 @@ async fn viewers_get_403_from_every_moderator_tool() {
         ),
         (M::DELETE, "/v1/users/ann/ban?scope=s1", None),
         (M::GET, "/v1/moderation/log", None),
+        (
+            M::PUT,
+            "/v1/streams/s1/settings",
+            Some(json!({"slow_mode_s": 1})),
+        ),
+        (
+            M::POST,
+            "/v1/streams/s1/pin",
+            Some(json!({"comment_id": comment})),
+        ),
     ] {
         let (s, v) = call(&sys, method.clone(), path, &vt, body).await;
-        // The decision endpoint checks the item first, which does not exist.
-        let expected = if path.contains("decision") { 404 } else { 403 };
-        assert_eq!(s, expected, "{method} {path}: {v}");
+        assert_eq!(s, 403, "{method} {path}: {v}");
     }
+    // Nothing happened.
+    assert_eq!(sys.stored("s1").await.len(), 1);
     sys.stop().await;
 }
 

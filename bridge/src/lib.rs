@@ -104,6 +104,8 @@ pub(crate) enum Job {
         action: Action,
         reply: oneshot::Sender<Result<ActionOutcome, ActionError>>,
     },
+    /// Answered when everything queued before it has been processed.
+    Flush(oneshot::Sender<()>),
 }
 
 /// A handle to the write path; cheap to clone.
@@ -119,27 +121,42 @@ impl Bridge {
     pub fn start(
         config: BridgeConfig,
         deps: BridgeDeps,
-        shutdown: CancellationToken,
-    ) -> Result<(Bridge, JoinHandle<()>), wire::bus::BusError> {
+        shutdown: BridgeShutdown,
+    ) -> Result<(Bridge, BridgeTasks), wire::bus::BusError> {
         let submissions = deps.bus.take_submissions()?;
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity);
         let bridge = Bridge {
             jobs: jobs_tx.clone(),
         };
         let writer = writer::Writer::new(config, deps);
-        let consumer_done = CancellationToken::new();
-        let consumer = tokio::spawn(consume(
-            submissions,
-            jobs_tx,
-            shutdown.clone(),
-            consumer_done.clone(),
-        ));
-        let task = tokio::spawn(async move {
-            writer.run(jobs_rx, consumer_done).await;
-            let _ = consumer.await;
-        });
-        Ok((bridge, task))
+        let consumer = tokio::spawn(consume(submissions, jobs_tx, shutdown.consumer));
+        let writer = tokio::spawn(writer.run(jobs_rx, shutdown.writer));
+        Ok((bridge, BridgeTasks { consumer, writer }))
     }
+
+    /// Returns once every job queued before this call has been processed (its comments
+    /// stored, published and handed to moderation).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Shutdown of the write path, in two steps.
+#[derive(Clone, Default)]
+pub struct BridgeShutdown {
+    /// Stop taking submissions from the bus, after draining what it holds.
+    pub consumer: CancellationToken,
+    /// Stop the writer, after processing what is queued (moderation's last actions too).
+    pub writer: CancellationToken,
+}
+
+/// The write path's tasks.
+pub struct BridgeTasks {
+    pub consumer: JoinHandle<()>,
+    pub writer: JoinHandle<()>,
 }
 
 /// Feeds MQTT submissions from the bus to the writer.
@@ -147,7 +164,6 @@ async fn consume(
     mut submissions: mpsc::Receiver<Submission>,
     jobs: mpsc::Sender<Job>,
     shutdown: CancellationToken,
-    done: CancellationToken,
 ) {
     loop {
         let next = tokio::select! {
@@ -173,7 +189,6 @@ async fn consume(
             break;
         }
     }
-    done.cancel();
 }
 
 #[async_trait]

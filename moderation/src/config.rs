@@ -28,8 +28,11 @@ pub struct ModerationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
-    /// Terms matched against normalised words; a trailing `*` matches any ending.
+    /// Terms matched against normalised words; a trailing `*` matches common endings.
     pub blocklist: Vec<String>,
+    /// Innocent phrases containing a blocked term ("chink in the armour"); removed from the
+    /// text before the blocklist is matched.
+    pub allow_phrases: Vec<String>,
     pub blocklist_action: RuleAction,
     /// Links (`http://`, `www.`, `name.tld`) from users whose role is not trusted.
     pub links_action: RuleAction,

@@ -171,9 +171,10 @@ pub fn words(text: &str) -> Vec<Word> {
         singles.clear();
     };
     for raw in folded.split(char::is_whitespace) {
-        // Punctuation around a word is not leetspeak: "ass!" is "ass", "(hi)" is "hi".
+        // Punctuation around a word is not leetspeak: "ass!" is "ass", "(hi)" is "hi"; only
+        // `@` and `$` stand for letters at a word's edge ("$hit", "a$$").
         let trimmed = raw
-            .trim_start_matches(|c: char| !c.is_alphanumeric() && fold_leet(c).is_none())
+            .trim_start_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '@')
             .trim_end_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '@');
         let mut cells = Vec::with_capacity(trimmed.len());
         let mut pieces = Vec::new();
@@ -256,6 +257,11 @@ mod tests {
         // Lone letters only count when several are spaced out like a word.
         assert_eq!(texts("what a goal!"), vec!["what", "goal"]);
         assert_eq!(texts("bad,word"), vec!["bad", "word"]);
+        assert_eq!(
+            texts("(hink"),
+            vec!["hink"],
+            "a bracket is not a c at a word's start"
+        );
         assert_eq!(texts("I scored 2 goals"), vec!["scored", "goals"]);
     }
 

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
+use unicode_segmentation::UnicodeSegmentation;
 use wire::bus::Author;
 use wire::UserId;
 
@@ -66,12 +67,16 @@ struct Term {
 pub struct Rules {
     config: RulesConfig,
     terms: Vec<Term>,
+    /// Folded allow-listed phrases.
+    allow: Vec<String>,
     link: Regex,
     /// Recent texts per user (hash, when), for the repeat rule.
     recent: Mutex<HashMap<UserId, VecDeque<(u64, Instant)>>>,
 }
 
-const LINK: &str = r"(?i)(?:\bhttps?://|\bwww\.|\b[a-z0-9][a-z0-9-]*\.(?:com|net|org|io|gg|ly|co|xyz|ru|tk|me|info|biz|tv|app|link|click|top|site|live|shop)\b)";
+/// `http(s)://`, `www.`, or `name.tld` for top-level domains that are not also common words
+/// after a full stop without a space ("game.gg", "know.me", "match.top" are chat, not links).
+const LINK: &str = r"(?i)(?:\bhttps?://|\bwww\.|\b[a-z0-9][a-z0-9-]*\.(?:com|net|org|io|ly|xyz|ru|tk|info|biz|click|link)\b)";
 
 impl Rules {
     pub fn new(config: RulesConfig) -> Rules {
@@ -84,9 +89,16 @@ impl Rules {
             })
             .filter(|t| !t.spelled.0.is_empty())
             .collect();
+        let allow = config
+            .allow_phrases
+            .iter()
+            .map(|p| normalize::fold(p))
+            .filter(|p| !p.trim().is_empty())
+            .collect();
         Rules {
             config,
             terms,
+            allow,
             // A constant pattern: compiling it cannot fail.
             link: Regex::new(LINK).unwrap_or_else(|_| Regex::new("$^").expect("trivial regex")),
             recent: Mutex::new(HashMap::new()),
@@ -103,11 +115,13 @@ impl Rules {
         if c.trusted_roles.contains(&author.role) {
             return None;
         }
-        if c.links_action != RuleAction::Off && self.link.is_match(text) {
-            return hit(Rule::Links, c.links_action);
-        }
+        // Repeats first: a spammer repeating a link is refused, not queued again and again.
         if c.repeat_action != RuleAction::Off && self.repeated(&author.id, text) {
             return hit(Rule::Repeat, c.repeat_action);
+        }
+        // On the folded text, so full-width or decorated links are links too.
+        if c.links_action != RuleAction::Off && self.link.is_match(&normalize::fold(text)) {
+            return hit(Rule::Links, c.links_action);
         }
         if c.caps_action != RuleAction::Off && self.shouting(text) {
             return hit(Rule::Caps, c.caps_action);
@@ -119,7 +133,11 @@ impl Rules {
     }
 
     fn blocked(&self, text: &str) -> bool {
-        let words: Vec<Word> = normalize::words(text);
+        let mut folded = normalize::fold(text);
+        for phrase in &self.allow {
+            folded = folded.replace(phrase.as_str(), " ");
+        }
+        let words: Vec<Word> = normalize::words(&folded);
         words
             .iter()
             .any(|w| self.terms.iter().any(|t| w.spells(&t.spelled, t.prefix)))
@@ -159,9 +177,15 @@ impl Rules {
     }
 
     fn shouting(&self, text: &str) -> bool {
-        let letters = text.chars().filter(|c| c.is_alphabetic());
+        // A repeated letter counts once: "GOOOOOOOAAAAL" is a cheer, not shouting.
         let (mut total, mut upper) = (0usize, 0usize);
-        for c in letters {
+        let mut last = None;
+        for c in text.chars().filter(|c| c.is_alphabetic()) {
+            let lower = c.to_lowercase().next();
+            if lower == last {
+                continue;
+            }
+            last = lower;
             total += 1;
             if c.is_uppercase() {
                 upper += 1;
@@ -171,9 +195,13 @@ impl Rules {
             && upper as f32 >= self.config.caps_ratio * total as f32
     }
 
+    /// Counted in grapheme clusters: a flag, a skin-toned hand or a family is one emoji.
     fn emoji_wall(&self, text: &str) -> bool {
-        let visible: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
-        let emoji = visible.iter().filter(|c| is_emoji(**c)).count();
+        let visible: Vec<&str> = text
+            .graphemes(true)
+            .filter(|g| !g.chars().all(char::is_whitespace))
+            .collect();
+        let emoji = visible.iter().filter(|g| g.chars().any(is_emoji)).count();
         emoji >= self.config.emoji_min
             && emoji as f32 >= self.config.emoji_ratio * visible.len() as f32
     }
@@ -199,7 +227,9 @@ mod tests {
                 "shit*".into(),
                 "bitch*".into(),
                 "ass".into(),
+                "chink*".into(),
             ],
+            allow_phrases: vec!["chink in the armour".into()],
             blocklist_action: RuleAction::Reject,
             links_action: RuleAction::Hold,
             trusted_roles: vec![Role::Broadcaster, Role::Moderator, Role::Admin],
@@ -263,6 +293,8 @@ mod tests {
             "Scunthorpe United",
             "I passed 3 exams",
             "duck",
+            "a Chink in the ARMOUR",
+            "(hink",
         ] {
             assert_eq!(rules.check(&v, good), None, "{good} must pass");
         }
@@ -286,7 +318,25 @@ mod tests {
             );
             assert_eq!(rules.check(&author(Role::Moderator), text), None);
         }
-        assert_eq!(rules.check(&author(Role::Viewer), "e.g. it works"), None);
+        for chat in [
+            "e.g. it works",
+            "3.5 goals",
+            "ok.so what",
+            "close game.gg",
+            "I know.me too",
+            "what a match.top class",
+            "you're at 4.co",
+        ] {
+            assert_eq!(rules.check(&author(Role::Viewer), chat), None, "{chat}");
+        }
+        assert_eq!(
+            rules.check(&author(Role::Viewer), "ｆｒｅｅ．ｃｏｍ"),
+            Some(Hit {
+                rule: Rule::Links,
+                action: RuleAction::Hold
+            }),
+            "full-width links are links"
+        );
     }
 
     #[test]
@@ -306,9 +356,18 @@ mod tests {
         );
         assert_eq!(rules.check(&v, "NICE ONE"), None, "short shouting is fine");
         assert_eq!(
+            rules.check(&v, "GOOOOOOOOOOOOOOAAAAAL"),
+            None,
+            "a cheer is not shouting"
+        );
+        assert_eq!(
             rules.check(&v, "🔥🔥🔥🔥🔥🔥🔥🔥🔥🔥").map(|h| h.rule),
             Some(Rule::Emoji)
         );
         assert_eq!(rules.check(&v, "great goal 🔥🔥"), None);
+        for ok in ["🇧🇷🇧🇷🇧🇷🇧🇷🇧🇷🇧🇷", "👏🏽👏🏽👏🏽👏🏽👏🏽👏🏽", "👨‍👩‍👧‍👦👨‍👩‍👧‍👦"]
+        {
+            assert_eq!(rules.check(&v, ok), None, "{ok} is a few emoji, not a wall");
+        }
     }
 }

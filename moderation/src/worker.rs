@@ -8,8 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire::event::Comment;
 use wire::ingest::Ingest;
-use wire::moderation::{actors, Action, AuditEntry, QueueItem, QueueKind, QueueStatus};
-use wire::store::Store;
+use wire::moderation::{actors, Action};
 use wire::time::now_ms;
 
 use crate::config::ModelConfig;
@@ -27,7 +26,6 @@ pub async fn run(
     mut accepted: mpsc::Receiver<Comment>,
     scorer: Option<Box<dyn Scorer>>,
     ingest: Arc<dyn Ingest>,
-    store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
     let mut scorer = scorer;
@@ -86,7 +84,7 @@ pub async fn run(
                 metrics::counter!("livecomments_moderation_scored_total")
                     .increment(comments.len() as u64);
                 for (c, score) in comments.into_iter().zip(scores) {
-                    act_on(&config, c, score, &*ingest, &*store).await;
+                    act_on(&config, c, score, &*ingest).await;
                 }
             }
             Err(e) => tracing::error!(error = %e, count = comments.len(), "scoring failed"),
@@ -95,13 +93,7 @@ pub async fn run(
     tracing::info!("moderation drained");
 }
 
-async fn act_on(
-    config: &ModelConfig,
-    comment: Comment,
-    score: f32,
-    ingest: &dyn Ingest,
-    store: &dyn Store,
-) {
+async fn act_on(config: &ModelConfig, comment: Comment, score: f32, ingest: &dyn Ingest) {
     if score >= config.retract_threshold {
         let action = Action::Retract {
             stream: comment.stream.clone(),
@@ -119,48 +111,19 @@ async fn act_on(
             Err(e) => tracing::warn!(error = %e, id = %comment.id, "model retraction failed"),
         }
     } else if score >= config.review_threshold {
-        let now = now_ms();
-        let item = QueueItem {
-            id: ulid::Ulid::new().to_string(),
+        // Through the write path, like every change to the queue, so it cannot race a
+        // moderator's decision or reports about the same comment.
+        let action = Action::Flag {
             stream: comment.stream.clone(),
-            kind: QueueKind::Borderline,
-            status: QueueStatus::Open,
-            created_at: now,
-            comment_id: Some(comment.id.clone()),
-            comment: Some(comment.clone()),
-            held: None,
-            score: Some(score),
+            comment_id: comment.id.clone(),
+            score,
             reason: format!("toxicity score {score:.2} needs review"),
-            reports: Vec::new(),
-            hidden: false,
-            decided_by: None,
-            decided_at: None,
-            decision_reason: None,
         };
-        let audit = AuditEntry {
-            at: now,
-            actor: actors::MODEL.into(),
-            action: "queue".into(),
-            stream: Some(comment.stream.clone()),
-            comment_id: Some(comment.id.clone()),
-            user: Some(comment.user.id.clone()),
-            reason: item.reason.clone(),
-        };
-        let queued = match store
-            .queue_item_for_comment(&comment.stream, &comment.id)
-            .await
-        {
-            // Reports got there first: add the score to their item.
-            Ok(Some(mut existing)) => {
-                existing.score = Some(score);
-                store.put_queue_item(&existing).await
+        match ingest.act(action).await {
+            Ok(_) => metrics::counter!("livecomments_moderation_queued_total").increment(1),
+            Err(e) => {
+                tracing::warn!(error = %e, id = %comment.id, "queueing a borderline comment failed")
             }
-            Ok(None) => store.put_queue_item(&item).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = queued.and(store.append_audit(&audit).await) {
-            tracing::warn!(error = %e, id = %comment.id, "queueing a borderline comment failed");
         }
-        metrics::counter!("livecomments_moderation_queued_total").increment(1);
     }
 }

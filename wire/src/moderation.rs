@@ -198,6 +198,13 @@ pub enum Action {
         actor: String,
         reason: String,
     },
+    /// The model's borderline score: a review-queue item for the comment.
+    Flag {
+        stream: StreamId,
+        comment_id: String,
+        score: f32,
+        reason: String,
+    },
 }
 
 /// What an action did.

@@ -34,7 +34,9 @@ pub enum Visibility {
         actor: String,
         at: i64,
     },
-    /// Posted by a shadow-banned user: stored and acknowledged, shown to nobody else.
+    /// Posted by a shadow-banned user: stored and acknowledged, shown to nobody else. Kept
+    /// apart from the stream's log and taking no `seq` of its own, so other viewers see no
+    /// gap in the sequence.
     Shadow,
 }
 
@@ -99,8 +101,22 @@ pub struct DedupKey {
 pub enum DedupHit {
     /// Stored as comment `id` with `seq`.
     Stored { id: String, seq: u64 },
-    /// Held for review as queue item `item`.
+    /// Held for review as queue item `item`, still undecided.
     Held { item: String },
+    /// Held for review, then declined by a moderator.
+    Declined { item: String },
+}
+
+/// Everything one step of the write path stores, in one durable transaction: it all happens
+/// or none of it does.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub events: Vec<StoredEvent>,
+    /// Review-queue items created or changed.
+    pub items: Vec<QueueItem>,
+    pub audit: Vec<AuditEntry>,
+    /// `(stream, comment id, user)`: the user reported the comment (once per comment, ever).
+    pub reporters: Vec<(StreamId, String, UserId)>,
 }
 
 /// A user likes (or unlikes) a comment.
@@ -133,10 +149,18 @@ pub trait Store: Send + Sync + 'static {
     async fn last_seq(&self, stream: &StreamId) -> Result<u64, StoreError>;
     /// Looks up earlier submissions with the same keys, in order.
     async fn find_dedup(&self, keys: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError>;
-    /// Stores events durably (all or nothing): comments with their indexes, retractions and
-    /// restorations with the change to the comment they address. When this returns `Ok`, they
-    /// survive a crash.
-    async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
+    /// Stores a batch durably, all or nothing: comments with their indexes (comments of
+    /// shadow-banned users apart from the stream's log), retractions and restorations with the
+    /// change to the comment they address, queue items, audit entries, reporters. When this
+    /// returns `Ok`, it survives a crash.
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Whether the user reported the comment before.
+    async fn has_reported(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
     /// Adds reaction counts to the stream's totals; returns all its totals afterwards.
     async fn add_reactions(
         &self,
@@ -197,6 +221,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every ban recorded for these users (expired ones included; callers check `until`).
     async fn bans_of(&self, users: &[UserId]) -> Result<Vec<Ban>, StoreError>;
 
+    /// Stores a queue item on its own (the write path uses [`Store::commit`]).
     async fn put_queue_item(&self, item: &QueueItem) -> Result<(), StoreError>;
     async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError>;
     /// The open item about a comment, if any.

@@ -23,6 +23,9 @@
 //! - `like_counts`:   (stream, comment id) → likes
 //! - `replies`:       (stream, parent id, seq) → () — a thread, in order
 //! - `reply_counts`:  (stream, comment id) → direct replies
+//! - `shadow`:        (stream, comment id) → `StoredComment` of a shadow-banned author
+//! - `shadow_dedup`:  (stream, user, client_msg_id) → its comment id
+//! - `reporters`:     (stream, comment id, user) → () — a user reports a comment once
 
 use std::ops::Bound;
 use std::path::Path;
@@ -36,8 +39,8 @@ use serde::de::DeserializeOwned;
 use wire::event::{Comment, Event, Restoration, Retraction, StreamState};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 use wire::store::{
-    DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment, StoredEvent,
-    Visibility,
+    Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
+    StoredEvent, Visibility,
 };
 use wire::{StreamId, UserId};
 
@@ -57,6 +60,10 @@ const LIKES: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("lik
 const LIKE_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("like_counts");
 const REPLIES: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("replies");
 const REPLY_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("reply_counts");
+const SHADOW: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("shadow");
+const SHADOW_DEDUP: TableDefinition<(&str, &str, &str), &str> =
+    TableDefinition::new("shadow_dedup");
+const REPORTERS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("reporters");
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -111,6 +118,9 @@ impl EmbeddedStore {
             tx.open_table(LIKE_COUNTS).map_err(backend)?;
             tx.open_table(REPLIES).map_err(backend)?;
             tx.open_table(REPLY_COUNTS).map_err(backend)?;
+            tx.open_table(SHADOW).map_err(backend)?;
+            tx.open_table(SHADOW_DEDUP).map_err(backend)?;
+            tx.open_table(REPORTERS).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
         Ok(EmbeddedStore {
@@ -148,6 +158,124 @@ impl EmbeddedStore {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
+}
+
+/// Writes events of the stream logs with their indexes (see [`Store::commit`]).
+fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<(), StoreError> {
+    let mut events = tx.open_table(EVENTS).map_err(backend)?;
+    let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
+    let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
+    let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+    let mut replies = tx.open_table(REPLIES).map_err(backend)?;
+    let mut reply_counts = tx.open_table(REPLY_COUNTS).map_err(backend)?;
+    let mut shadow = tx.open_table(SHADOW).map_err(backend)?;
+    let mut shadow_dedup = tx.open_table(SHADOW_DEDUP).map_err(backend)?;
+    for (event, bytes) in rows {
+        match event {
+            StoredEvent::Comment(c) if c.visibility == Visibility::Shadow => {
+                // Apart from the log: its seq is the stream's latest, not a new one.
+                let s = c.comment.stream.as_str();
+                let row = json(c)?;
+                shadow
+                    .insert((s, c.comment.id.as_str()), row.as_slice())
+                    .map_err(backend)?;
+                shadow_dedup
+                    .insert(
+                        (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
+                        c.comment.id.as_str(),
+                    )
+                    .map_err(backend)?;
+            }
+            StoredEvent::Comment(c) => {
+                let s = c.comment.stream.as_str();
+                let seq = c.comment.seq;
+                events.insert((s, seq), bytes.as_slice()).map_err(backend)?;
+                by_time
+                    .insert((s, c.comment.offset_ms, seq), ())
+                    .map_err(backend)?;
+                dedup
+                    .insert(
+                        (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
+                        seq,
+                    )
+                    .map_err(backend)?;
+                ids.insert((s, c.comment.id.as_str()), seq)
+                    .map_err(backend)?;
+                if let Some(parent) = &c.comment.reply_to {
+                    replies
+                        .insert((s, parent.as_str(), seq), ())
+                        .map_err(backend)?;
+                    let n = reply_counts
+                        .get((s, parent.as_str()))
+                        .map_err(backend)?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    reply_counts
+                        .insert((s, parent.as_str()), n + 1)
+                        .map_err(backend)?;
+                }
+            }
+            StoredEvent::Retract {
+                stream,
+                seq,
+                comment_seq,
+                reason,
+                actor,
+                at,
+                ..
+            } => {
+                let s = stream.as_str();
+                events
+                    .insert((s, *seq), bytes.as_slice())
+                    .map_err(backend)?;
+                let v = Visibility::Retracted {
+                    reason: reason.clone(),
+                    actor: actor.clone(),
+                    at: *at,
+                };
+                set_visibility(&mut events, s, *comment_seq, v)?;
+            }
+            StoredEvent::Restore {
+                stream,
+                seq,
+                comment_seq,
+                ..
+            } => {
+                let s = stream.as_str();
+                events
+                    .insert((s, *seq), bytes.as_slice())
+                    .map_err(backend)?;
+                set_visibility(&mut events, s, *comment_seq, Visibility::Visible)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a queue item with its indexes.
+fn put_item(tx: &WriteTransaction, item: &QueueItem, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut queue = tx.open_table(QUEUE).map_err(backend)?;
+    queue.insert(item.id.as_str(), bytes).map_err(backend)?;
+    let mut by_comment = tx.open_table(QUEUE_COMMENT).map_err(backend)?;
+    let mut held = tx.open_table(HELD_DEDUP).map_err(backend)?;
+    let s = item.stream.as_str();
+    if let Some(cid) = &item.comment_id {
+        if item.status == QueueStatus::Open {
+            by_comment
+                .insert((s, cid.as_str()), item.id.as_str())
+                .map_err(backend)?;
+        } else {
+            by_comment.remove((s, cid.as_str())).map_err(backend)?;
+        }
+    }
+    if let Some(h) = &item.held {
+        held.insert(
+            (s, h.author.id.as_str(), h.client_msg_id.as_str()),
+            item.id.as_str(),
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// All reaction totals of a stream.
@@ -307,6 +435,9 @@ impl Store for EmbeddedStore {
         self.read(move |tx| {
             let dedup = tx.open_table(DEDUP).map_err(backend)?;
             let held = tx.open_table(HELD_DEDUP).map_err(backend)?;
+            let shadow_dedup = tx.open_table(SHADOW_DEDUP).map_err(backend)?;
+            let shadow = tx.open_table(SHADOW).map_err(backend)?;
+            let queue = tx.open_table(QUEUE).map_err(backend)?;
             let events = tx.open_table(EVENTS).map_err(backend)?;
             let mut out = Vec::with_capacity(keys.len());
             for k in &keys {
@@ -319,9 +450,26 @@ impl Store for EmbeddedStore {
                         id: c.comment.id,
                         seq,
                     }));
+                } else if let Some(id) = shadow_dedup.get(key).map_err(backend)? {
+                    let row = shadow
+                        .get((k.stream.as_str(), id.value()))
+                        .map_err(backend)?
+                        .ok_or_else(|| corrupt("shadow dedup entry without its comment"))?;
+                    let c: StoredComment = parse(row.value())?;
+                    out.push(Some(DedupHit::Stored {
+                        id: c.comment.id,
+                        seq: c.comment.seq,
+                    }));
                 } else if let Some(item) = held.get(key).map_err(backend)? {
-                    out.push(Some(DedupHit::Held {
-                        item: item.value().to_owned(),
+                    let item_id = item.value().to_owned();
+                    let declined = match queue.get(item_id.as_str()).map_err(backend)? {
+                        Some(v) => parse::<QueueItem>(v.value())?.status == QueueStatus::Retracted,
+                        None => false,
+                    };
+                    out.push(Some(if declined {
+                        DedupHit::Declined { item: item_id }
+                    } else {
+                        DedupHit::Held { item: item_id }
                     }));
                 } else {
                     out.push(None);
@@ -332,84 +480,52 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn append(&self, batch: &[StoredEvent]) -> Result<(), StoreError> {
-        let mut rows = Vec::with_capacity(batch.len());
-        for e in batch {
+    async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(batch.events.len());
+        for e in &batch.events {
             rows.push((e.clone(), json(e)?));
         }
+        let mut items = Vec::with_capacity(batch.items.len());
+        for i in &batch.items {
+            items.push((i.clone(), json(i)?));
+        }
+        let mut audit = Vec::with_capacity(batch.audit.len());
+        for a in &batch.audit {
+            audit.push((a.at, ulid::Ulid::new().to_string(), json(a)?));
+        }
+        let reporters = batch.reporters.clone();
         self.write(move |tx| {
-            let mut events = tx.open_table(EVENTS).map_err(backend)?;
-            let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
-            let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
-            let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
-            let mut replies = tx.open_table(REPLIES).map_err(backend)?;
-            let mut reply_counts = tx.open_table(REPLY_COUNTS).map_err(backend)?;
-            for (event, bytes) in &rows {
-                match event {
-                    StoredEvent::Comment(c) => {
-                        let s = c.comment.stream.as_str();
-                        let seq = c.comment.seq;
-                        events.insert((s, seq), bytes.as_slice()).map_err(backend)?;
-                        by_time
-                            .insert((s, c.comment.offset_ms, seq), ())
-                            .map_err(backend)?;
-                        dedup
-                            .insert(
-                                (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
-                                seq,
-                            )
-                            .map_err(backend)?;
-                        ids.insert((s, c.comment.id.as_str()), seq)
-                            .map_err(backend)?;
-                        if let Some(parent) = &c.comment.reply_to {
-                            replies
-                                .insert((s, parent.as_str(), seq), ())
-                                .map_err(backend)?;
-                            let n = reply_counts
-                                .get((s, parent.as_str()))
-                                .map_err(backend)?
-                                .map(|v| v.value())
-                                .unwrap_or(0);
-                            reply_counts
-                                .insert((s, parent.as_str()), n + 1)
-                                .map_err(backend)?;
-                        }
-                    }
-                    StoredEvent::Retract {
-                        stream,
-                        seq,
-                        comment_seq,
-                        reason,
-                        actor,
-                        at,
-                        ..
-                    } => {
-                        let s = stream.as_str();
-                        events
-                            .insert((s, *seq), bytes.as_slice())
-                            .map_err(backend)?;
-                        let v = Visibility::Retracted {
-                            reason: reason.clone(),
-                            actor: actor.clone(),
-                            at: *at,
-                        };
-                        set_visibility(&mut events, s, *comment_seq, v)?;
-                    }
-                    StoredEvent::Restore {
-                        stream,
-                        seq,
-                        comment_seq,
-                        ..
-                    } => {
-                        let s = stream.as_str();
-                        events
-                            .insert((s, *seq), bytes.as_slice())
-                            .map_err(backend)?;
-                        set_visibility(&mut events, s, *comment_seq, Visibility::Visible)?;
-                    }
-                }
+            put_events(tx, &rows)?;
+            for (item, bytes) in &items {
+                put_item(tx, item, bytes)?;
+            }
+            let mut log = tx.open_table(AUDIT).map_err(backend)?;
+            for (at, key, bytes) in &audit {
+                log.insert((*at, key.as_str()), bytes.as_slice())
+                    .map_err(backend)?;
+            }
+            let mut rep = tx.open_table(REPORTERS).map_err(backend)?;
+            for (s, c, u) in &reporters {
+                rep.insert((s.as_str(), c.as_str(), u.as_str()), ())
+                    .map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn has_reported(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let (stream, comment_id, user) = (stream.clone(), comment_id.to_owned(), user.clone());
+        self.read(move |tx| {
+            let t = tx.open_table(REPORTERS).map_err(backend)?;
+            Ok(t.get((stream.as_str(), comment_id.as_str(), user.as_str()))
+                .map_err(backend)?
+                .is_some())
         })
         .await
     }
@@ -712,33 +828,7 @@ impl Store for EmbeddedStore {
 
     async fn put_queue_item(&self, item: &QueueItem) -> Result<(), StoreError> {
         let (item, bytes) = (item.clone(), json(item)?);
-        self.write(move |tx| {
-            let mut queue = tx.open_table(QUEUE).map_err(backend)?;
-            queue
-                .insert(item.id.as_str(), bytes.as_slice())
-                .map_err(backend)?;
-            let mut by_comment = tx.open_table(QUEUE_COMMENT).map_err(backend)?;
-            let mut held = tx.open_table(HELD_DEDUP).map_err(backend)?;
-            let s = item.stream.as_str();
-            if let Some(cid) = &item.comment_id {
-                if item.status == QueueStatus::Open {
-                    by_comment
-                        .insert((s, cid.as_str()), item.id.as_str())
-                        .map_err(backend)?;
-                } else {
-                    by_comment.remove((s, cid.as_str())).map_err(backend)?;
-                }
-            }
-            if let Some(h) = &item.held {
-                held.insert(
-                    (s, h.author.id.as_str(), h.client_msg_id.as_str()),
-                    item.id.as_str(),
-                )
-                .map_err(backend)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx| put_item(tx, &item, &bytes)).await
     }
 
     async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
@@ -896,6 +986,21 @@ mod tests {
 
     fn s(id: &str) -> StreamId {
         StreamId::new(id).unwrap()
+    }
+
+    /// Commits events alone.
+    trait Append {
+        async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError>;
+    }
+
+    impl Append for EmbeddedStore {
+        async fn append(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+            self.commit(&Batch {
+                events: events.to_vec(),
+                ..Default::default()
+            })
+            .await
+        }
     }
 
     fn open() -> (tempfile::TempDir, EmbeddedStore) {
@@ -1165,6 +1270,67 @@ mod tests {
         assert_eq!(log.iter().map(|e| e.at).collect::<Vec<_>>(), vec![3, 1]);
         let older = store.list_audit(None, Some(3), 10).await.unwrap();
         assert_eq!(older.iter().map(|e| e.at).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[tokio::test]
+    async fn shadow_comments_stay_out_of_the_log_and_batches_are_atomic() {
+        let (_d, store) = open();
+        let s1 = s("s1");
+        store.append(&[comment("s1", 1, 10)]).await.unwrap();
+        let mut shadow = stored("s1", 1, 20);
+        shadow.comment.id = "shadowed".into();
+        shadow.client_msg_id = "sh".into();
+        shadow.visibility = Visibility::Shadow;
+        store
+            .append(&[StoredEvent::Comment(shadow.clone())])
+            .await
+            .unwrap();
+        assert_eq!(store.last_seq(&s1).await.unwrap(), 1, "no seq taken");
+        assert_eq!(store.after_seq(&s1, 0, 10).await.unwrap().len(), 1);
+        assert!(store.find_comment(&s1, "shadowed").await.unwrap().is_none());
+        let hit = store
+            .find_dedup(&[DedupKey {
+                stream: s1.clone(),
+                user: UserId::new("u1").unwrap(),
+                client_msg_id: "sh".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            hit,
+            vec![Some(DedupHit::Stored {
+                id: "shadowed".into(),
+                seq: 1
+            })]
+        );
+        let u = UserId::new("r").unwrap();
+        assert!(!store.has_reported(&s1, "id1", &u).await.unwrap());
+        store
+            .commit(&Batch {
+                reporters: vec![(s1.clone(), "id1".into(), u.clone())],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(store.has_reported(&s1, "id1", &u).await.unwrap());
+        // A batch with a bad event writes none of its parts.
+        let bad = StoredEvent::Retract {
+            stream: s1.clone(),
+            seq: 2,
+            comment_seq: 99,
+            comment_id: "missing".into(),
+            reason: "x".into(),
+            actor: "m".into(),
+            at: 1,
+        };
+        let err = store
+            .commit(&Batch {
+                events: vec![comment("s1", 3, 30), bad],
+                ..Default::default()
+            })
+            .await;
+        assert!(err.is_err());
+        assert_eq!(store.last_seq(&s1).await.unwrap(), 1, "all or nothing");
     }
 
     #[tokio::test]

@@ -1,14 +1,24 @@
-//! Moderation actions: retract, restore, report, review-queue decisions, strikes. Each one
-//! that changes what viewers see gets its own `seq` and is published like a comment.
+//! Moderation actions: retract, restore, report, flag, review-queue decisions, strikes.
+//!
+//! Each action gathers everything it changes — the event with the stream's next `seq`, the
+//! comment's visibility, the queue item, the audit entry, the reporter — into one
+//! [`Batch`] committed in one transaction, then publishes. Nothing is left half done when
+//! storage fails.
+//!
+//! States of a comment: `Visible` → (`retract` by a moderator or the model) `Retracted`;
+//! `Visible` → (reports beyond the threshold) `Retracted` by `system:reports`, which a
+//! moderator settles: approve → `Visible` again, retract → `Retracted` by the moderator.
+//! `Retracted` → (`restore`) `Visible`. Only `Visible` comments can be reported, and a user
+//! reports a comment once, ever.
 
-use wire::bus::{Author, Delivery, Submission};
-use wire::event::{Comment, Event, Restoration, Retraction, UserRef};
+use wire::bus::{Delivery, Submission};
+use wire::event::{Comment, Event, Restoration, Retraction, StreamStatus, UserRef};
 use wire::inbox::{Accepted, Answer, InboxMessage, Outcome, RejectCode, Rejected, Reported};
 use wire::moderation::{
     actors, Action, ActionError, ActionOutcome, AuditEntry, Ban, BanScope, Decision, QueueItem,
     QueueKind, QueueStatus, Report,
 };
-use wire::store::{StoreError, StoredComment, StoredEvent, Visibility};
+use wire::store::{Batch, StoreError, StoredComment, StoredEvent, Visibility};
 use wire::time::now_ms;
 use wire::{StreamId, UserId};
 
@@ -24,6 +34,41 @@ pub(crate) const HIDDEN_BY_REPORTS: &str = "hidden pending review after reports"
 
 /// Longest report reason kept.
 const MAX_REASON_CHARS: usize = 500;
+
+fn audit(
+    at: i64,
+    actor: &str,
+    action: &str,
+    stream: &StreamId,
+    comment: Option<&Comment>,
+    reason: &str,
+) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        stream: Some(stream.clone()),
+        comment_id: comment.map(|c| c.id.clone()),
+        user: comment.map(|c| c.user.id.clone()),
+        reason: reason.to_owned(),
+    }
+}
+
+fn close(item: &mut QueueItem, status: QueueStatus, actor: &str, reason: &str, now: i64) {
+    item.status = status;
+    item.decided_by = Some(actor.to_owned());
+    item.decided_at = Some(now);
+    item.decision_reason = Some(reason.to_owned());
+}
+
+/// What a committed action leaves to do.
+#[derive(Default)]
+struct After {
+    event: Option<Event>,
+    /// The retracted comment (unpinned if it was pinned).
+    retracted: Option<(StreamId, String)>,
+    strike: Option<UserId>,
+}
 
 impl Writer {
     pub(super) async fn act(&mut self, action: Action) -> Result<ActionOutcome, ActionError> {
@@ -59,6 +104,12 @@ impl Writer {
                 actor,
                 reason,
             } => self.decide(&item_id, decision, &actor, &reason).await,
+            Action::Flag {
+                stream,
+                comment_id,
+                score,
+                reason,
+            } => self.flag(&stream, &comment_id, score, &reason).await,
         }
     }
 
@@ -77,18 +128,115 @@ impl Writer {
             })
     }
 
-    /// Stores and publishes one moderation event with the stream's next `seq`.
-    async fn append_one(
+    async fn open_item(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<Option<QueueItem>, ActionError> {
+        self.deps
+            .store
+            .queue_item_for_comment(stream, comment_id)
+            .await
+            .map_err(store_err)
+    }
+
+    /// Adds a retraction of `c` (with the stream's next `seq`) to the batch.
+    async fn retraction(
+        &mut self,
+        batch: &mut Batch,
+        c: &StoredComment,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Event, ActionError> {
+        let stream = &c.comment.stream;
+        let seq = self.next_seq(stream).await.map_err(store_err)?;
+        batch.events.push(StoredEvent::Retract {
+            stream: stream.clone(),
+            seq,
+            comment_seq: c.comment.seq,
+            comment_id: c.comment.id.clone(),
+            reason: reason.to_owned(),
+            actor: actor.to_owned(),
+            at: now,
+        });
+        let action = if actor == actors::REPORTS {
+            "hide"
+        } else {
+            "retract"
+        };
+        batch
+            .audit
+            .push(audit(now, actor, action, stream, Some(&c.comment), reason));
+        Ok(Event::Retract(Retraction {
+            id: c.comment.id.clone(),
+            seq,
+            reason: reason.to_owned(),
+        }))
+    }
+
+    /// Adds a restoration of `c` to the batch.
+    async fn restoration(
+        &mut self,
+        batch: &mut Batch,
+        c: &StoredComment,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Event, ActionError> {
+        let stream = &c.comment.stream;
+        let seq = self.next_seq(stream).await.map_err(store_err)?;
+        batch.events.push(StoredEvent::Restore {
+            stream: stream.clone(),
+            seq,
+            comment_seq: c.comment.seq,
+            comment_id: c.comment.id.clone(),
+            actor: actor.to_owned(),
+            at: now,
+        });
+        batch.audit.push(audit(
+            now,
+            actor,
+            "restore",
+            stream,
+            Some(&c.comment),
+            reason,
+        ));
+        Ok(Event::Restore(Restoration {
+            id: c.comment.id.clone(),
+            seq,
+            comment: c.comment.clone(),
+        }))
+    }
+
+    /// Commits the batch, then publishes and applies what follows from it.
+    async fn finish(
         &mut self,
         stream: &StreamId,
-        make: impl FnOnce(u64) -> StoredEvent,
-    ) -> Result<u64, ActionError> {
-        let seq = self.next_seq(stream).await.map_err(store_err)?;
-        if let Err(e) = self.deps.store.append(&[make(seq)]).await {
+        batch: Batch,
+        after: After,
+        item: Option<QueueItem>,
+    ) -> Result<ActionOutcome, ActionError> {
+        if let Err(e) = self.deps.store.commit(&batch).await {
+            // Nothing was written: numbering restarts from the store.
             self.forget_cursor(stream);
             return Err(store_err(e));
         }
-        Ok(seq)
+        let now = now_ms();
+        if let Some(event) = &after.event {
+            self.publish(stream, event, now, true).await;
+        }
+        if let Some((s, id)) = &after.retracted {
+            self.unpin_if(s, id).await;
+        }
+        if let Some(user) = &after.strike {
+            self.strike(user).await;
+        }
+        Ok(ActionOutcome {
+            event: after.event,
+            item,
+            changed: true,
+        })
     }
 
     async fn retract(
@@ -100,71 +248,27 @@ impl Writer {
         strike: bool,
     ) -> Result<ActionOutcome, ActionError> {
         let c = self.comment(stream, comment_id).await?;
-        if matches!(c.visibility, Visibility::Retracted { .. }) {
-            return Ok(ActionOutcome::default());
+        match &c.visibility {
+            Visibility::Visible => {}
+            // A moderator's or the model's retraction upholds a hiding by reports.
+            Visibility::Retracted { actor: by, .. }
+                if by == actors::REPORTS && actor != actors::REPORTS => {}
+            _ => return Ok(ActionOutcome::default()),
         }
         let now = now_ms();
-        let comment_seq = c.comment.seq;
-        let seq = self
-            .append_one(stream, |seq| StoredEvent::Retract {
-                stream: stream.clone(),
-                seq,
-                comment_seq,
-                comment_id: comment_id.to_owned(),
-                reason: reason.to_owned(),
-                actor: actor.to_owned(),
-                at: now,
-            })
-            .await?;
-        let event = Event::Retract(Retraction {
-            id: comment_id.to_owned(),
-            seq,
-            reason: reason.to_owned(),
-        });
-        self.publish(stream, &event, now, true).await;
-        self.audit(AuditEntry {
-            at: now,
-            actor: actor.to_owned(),
-            action: if actor == actors::REPORTS {
-                "hide"
-            } else {
-                "retract"
-            }
-            .into(),
-            stream: Some(stream.clone()),
-            comment_id: Some(comment_id.to_owned()),
-            user: Some(c.comment.user.id.clone()),
-            reason: reason.to_owned(),
-        })
-        .await;
-        self.unpin_if(stream, comment_id, actor).await;
-        // An open review item about this comment is settled by a moderator's or the
-        // model's retraction (not by hiding, which waits for a moderator).
-        let mut item = None;
-        if actor != actors::REPORTS {
-            if let Ok(Some(mut open)) = self
-                .deps
-                .store
-                .queue_item_for_comment(stream, comment_id)
-                .await
-            {
-                close(&mut open, QueueStatus::Retracted, actor, reason, now);
-                self.deps
-                    .store
-                    .put_queue_item(&open)
-                    .await
-                    .map_err(store_err)?;
-                item = Some(open);
-            }
+        let mut batch = Batch::default();
+        let event = self.retraction(&mut batch, &c, reason, actor, now).await?;
+        let mut item = self.open_item(stream, comment_id).await?;
+        if let Some(open) = item.as_mut() {
+            close(open, QueueStatus::Retracted, actor, reason, now);
+            batch.items.push(open.clone());
         }
-        if strike {
-            self.strike(&c.comment.user.id).await;
-        }
-        Ok(ActionOutcome {
+        let after = After {
             event: Some(event),
-            item,
-            changed: true,
-        })
+            retracted: Some((stream.clone(), comment_id.to_owned())),
+            strike: strike.then(|| c.comment.user.id.clone()),
+        };
+        self.finish(stream, batch, after, item).await
     }
 
     async fn restore(
@@ -175,99 +279,22 @@ impl Writer {
         actor: &str,
     ) -> Result<ActionOutcome, ActionError> {
         let c = self.comment(stream, comment_id).await?;
-        match c.visibility {
-            Visibility::Retracted { .. } => {}
-            Visibility::Visible => return Ok(ActionOutcome::default()),
-            Visibility::Shadow => {
-                return Err(ActionError::Conflict(
-                    "the comment is from a shadow-banned user; lift the ban instead".into(),
-                ))
-            }
+        if !matches!(c.visibility, Visibility::Retracted { .. }) {
+            return Ok(ActionOutcome::default());
         }
         let now = now_ms();
-        let comment_seq = c.comment.seq;
-        let seq = self
-            .append_one(stream, |seq| StoredEvent::Restore {
-                stream: stream.clone(),
-                seq,
-                comment_seq,
-                comment_id: comment_id.to_owned(),
-                actor: actor.to_owned(),
-                at: now,
-            })
-            .await?;
-        let event = Event::Restore(Restoration {
-            id: comment_id.to_owned(),
-            seq,
-            comment: c.comment.clone(),
-        });
-        self.publish(stream, &event, now, true).await;
-        self.audit(AuditEntry {
-            at: now,
-            actor: actor.to_owned(),
-            action: "restore".into(),
-            stream: Some(stream.clone()),
-            comment_id: Some(comment_id.to_owned()),
-            user: Some(c.comment.user.id.clone()),
-            reason: reason.to_owned(),
-        })
-        .await;
-        let mut item = None;
-        if let Ok(Some(mut open)) = self
-            .deps
-            .store
-            .queue_item_for_comment(stream, comment_id)
-            .await
-        {
-            close(&mut open, QueueStatus::Approved, actor, reason, now);
-            self.deps
-                .store
-                .put_queue_item(&open)
-                .await
-                .map_err(store_err)?;
-            item = Some(open);
+        let mut batch = Batch::default();
+        let event = self.restoration(&mut batch, &c, reason, actor, now).await?;
+        let mut item = self.open_item(stream, comment_id).await?;
+        if let Some(open) = item.as_mut() {
+            close(open, QueueStatus::Approved, actor, reason, now);
+            batch.items.push(open.clone());
         }
-        Ok(ActionOutcome {
+        let after = After {
             event: Some(event),
-            item,
-            changed: true,
-        })
-    }
-
-    /// A retracted comment does not stay pinned.
-    async fn unpin_if(&self, stream: &StreamId, comment_id: &str, actor: &str) {
-        let updated = self
-            .deps
-            .streams
-            .update(stream, |s| {
-                if s.pinned.as_ref().is_some_and(|c| c.id == comment_id) {
-                    s.pinned = None;
-                    return Ok::<_, StoreError>(true);
-                }
-                Ok(false)
-            })
-            .await;
-        match updated {
-            Ok(Some((s, true))) => {
-                for d in [Delivery::pinned(&s), Delivery::stream_state(&s)] {
-                    if let Err(e) = self.deps.bus.deliver(d).await {
-                        tracing::warn!(error = %e, "publishing the unpin failed");
-                    }
-                }
-                self.audit(AuditEntry {
-                    at: now_ms(),
-                    actor: actor.to_owned(),
-                    action: "unpin".into(),
-                    stream: Some(stream.clone()),
-                    comment_id: Some(comment_id.to_owned()),
-                    user: None,
-                    reason: "the pinned comment was retracted".into(),
-                })
-                .await;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "unpinning a retracted comment failed"),
-        }
+            ..Default::default()
+        };
+        self.finish(stream, batch, after, item).await
     }
 
     /// A viewer report over MQTT: `{"comment_id": "...", "reason": "..."}`.
@@ -316,24 +343,20 @@ impl Writer {
             )));
         }
         let c = self.comment(stream, comment_id).await?;
-        let hidden_by_reports = match &c.visibility {
-            Visibility::Visible => false,
-            Visibility::Retracted { actor, .. } if actor == actors::REPORTS => true,
-            // Already removed, or not visible to the reporter at all.
-            Visibility::Retracted { .. } => return Ok(ActionOutcome::default()),
-            Visibility::Shadow => {
-                return Err(ActionError::NotFound(format!(
-                    "no comment {comment_id} in stream {stream}"
-                )))
-            }
-        };
-        let now = now_ms();
+        if c.visibility != Visibility::Visible {
+            // Hidden or removed already: nothing to add.
+            return Ok(ActionOutcome::default());
+        }
         let store = self.deps.store.clone();
-        let mut item = match store
-            .queue_item_for_comment(stream, comment_id)
+        if store
+            .has_reported(stream, comment_id, reporter)
             .await
             .map_err(store_err)?
         {
+            return Ok(ActionOutcome::default());
+        }
+        let now = now_ms();
+        let mut item = match self.open_item(stream, comment_id).await? {
             Some(item) => item,
             None => QueueItem {
                 id: self.new_id(),
@@ -347,54 +370,94 @@ impl Writer {
                 score: None,
                 reason: "reported by viewers".into(),
                 reports: Vec::new(),
-                hidden: hidden_by_reports,
+                hidden: false,
                 decided_by: None,
                 decided_at: None,
                 decision_reason: None,
             },
         };
-        if item.reports.iter().any(|r| &r.user == reporter) {
-            return Ok(ActionOutcome {
-                item: Some(item),
-                ..Default::default()
-            });
-        }
+        let mut batch = Batch::default();
         item.reports.push(Report {
             user: reporter.clone(),
             reason: reason.to_owned(),
             at: now,
         });
-        self.audit(AuditEntry {
-            at: now,
-            actor: reporter.to_string(),
-            action: "report".into(),
-            stream: Some(stream.clone()),
-            comment_id: Some(comment_id.to_owned()),
-            user: Some(c.comment.user.id.clone()),
-            reason: reason.to_owned(),
-        })
-        .await;
+        batch
+            .reporters
+            .push((stream.clone(), comment_id.to_owned(), reporter.clone()));
+        batch.audit.push(audit(
+            now,
+            reporter.as_str(),
+            "report",
+            stream,
+            Some(&c.comment),
+            reason,
+        ));
+        let mut after = After::default();
         let threshold = self.deps.moderation.config.reports.hide_threshold;
-        let mut event = None;
-        if !item.hidden && !hidden_by_reports && item.reports.len() >= threshold {
-            let out = self
-                .retract(
-                    stream,
-                    comment_id,
-                    HIDDEN_BY_REPORTS,
-                    actors::REPORTS,
-                    false,
-                )
+        if !item.hidden && item.reports.len() >= threshold {
+            let event = self
+                .retraction(&mut batch, &c, HIDDEN_BY_REPORTS, actors::REPORTS, now)
                 .await?;
             item.hidden = true;
-            event = out.event;
+            after.event = Some(event);
+            after.retracted = Some((stream.clone(), comment_id.to_owned()));
         }
-        store.put_queue_item(&item).await.map_err(store_err)?;
-        Ok(ActionOutcome {
-            event,
-            item: Some(item),
-            changed: true,
-        })
+        batch.items.push(item.clone());
+        self.finish(stream, batch, after, Some(item)).await
+    }
+
+    /// The model found a delivered comment borderline: a queue item for a moderator.
+    async fn flag(
+        &mut self,
+        stream: &StreamId,
+        comment_id: &str,
+        score: f32,
+        reason: &str,
+    ) -> Result<ActionOutcome, ActionError> {
+        let c = self.comment(stream, comment_id).await?;
+        if c.visibility != Visibility::Visible {
+            return Ok(ActionOutcome::default());
+        }
+        let now = now_ms();
+        let item = match self.open_item(stream, comment_id).await? {
+            // Reports got there first: add the score to their item.
+            Some(mut item) => {
+                item.score = Some(score);
+                item
+            }
+            None => QueueItem {
+                id: self.new_id(),
+                stream: stream.clone(),
+                kind: QueueKind::Borderline,
+                status: QueueStatus::Open,
+                created_at: now,
+                comment_id: Some(comment_id.to_owned()),
+                comment: Some(c.comment.clone()),
+                held: None,
+                score: Some(score),
+                reason: reason.to_owned(),
+                reports: Vec::new(),
+                hidden: false,
+                decided_by: None,
+                decided_at: None,
+                decision_reason: None,
+            },
+        };
+        let batch = Batch {
+            items: vec![item.clone()],
+            audit: vec![audit(
+                now,
+                actors::MODEL,
+                "queue",
+                stream,
+                Some(&c.comment),
+                reason,
+            )],
+            ..Default::default()
+        };
+        self.finish(stream, batch, After::default(), Some(item))
+            .await
     }
 
     async fn decide(
@@ -415,83 +478,76 @@ impl Writer {
                 "queue item {item_id} was already decided"
             )));
         }
+        let stream = item.stream.clone();
         let now = now_ms();
-        let mut event = None;
+        let mut batch = Batch::default();
+        let mut after = After::default();
         match (item.kind, decision) {
             (QueueKind::Held, Decision::Approve) => {
-                event = Some(self.publish_held(&item).await?);
-                close(&mut item, QueueStatus::Approved, actor, reason, now);
+                return self.publish_held(item, actor, reason).await;
             }
             (QueueKind::Held, Decision::Retract) => {
                 close(&mut item, QueueStatus::Retracted, actor, reason, now);
-                if let Some(h) = &item.held {
-                    let answer = Rejected::new(
-                        Some(h.client_msg_id.clone()),
-                        RejectCode::Blocked,
-                        "a moderator declined this comment",
-                    );
-                    self.to_inbox(&h.author.id, InboxMessage::Reject(answer))
-                        .await;
-                    self.strike(&h.author.id).await;
-                }
+                after.strike = item.held.as_ref().map(|h| h.author.id.clone());
             }
             (_, Decision::Approve) => {
                 let comment_id = item.comment_id.clone().unwrap_or_default();
-                let c = self.comment(&item.stream, &comment_id).await?;
-                if matches!(&c.visibility, Visibility::Retracted { .. }) {
-                    event = self
-                        .restore(&item.stream, &comment_id, reason, actor)
-                        .await?
-                        .event;
+                let c = self.comment(&stream, &comment_id).await?;
+                if matches!(c.visibility, Visibility::Retracted { .. }) {
+                    after.event = Some(self.restoration(&mut batch, &c, reason, actor, now).await?);
                 }
                 close(&mut item, QueueStatus::Approved, actor, reason, now);
             }
             (_, Decision::Retract) => {
                 let comment_id = item.comment_id.clone().unwrap_or_default();
-                let c = self.comment(&item.stream, &comment_id).await?;
-                if c.visibility == Visibility::Visible {
-                    event = self
-                        .retract(&item.stream, &comment_id, reason, actor, true)
-                        .await?
-                        .event;
-                } else {
-                    // Hidden by reports already: upholding them still counts as a strike.
-                    self.strike(&c.comment.user.id).await;
+                let c = self.comment(&stream, &comment_id).await?;
+                let upholds_hiding = matches!(&c.visibility,
+                    Visibility::Retracted { actor: by, .. } if by == actors::REPORTS);
+                if c.visibility == Visibility::Visible || upholds_hiding {
+                    // A moderator's retraction replaces the hiding by reports.
+                    after.event = Some(self.retraction(&mut batch, &c, reason, actor, now).await?);
+                    after.retracted = Some((stream.clone(), comment_id));
                 }
+                after.strike = Some(c.comment.user.id.clone());
                 close(&mut item, QueueStatus::Retracted, actor, reason, now);
             }
         }
-        store.put_queue_item(&item).await.map_err(store_err)?;
-        self.audit(AuditEntry {
-            at: now,
-            actor: actor.to_owned(),
-            action: match decision {
-                Decision::Approve => "approve",
-                Decision::Retract => "reject",
-            }
-            .into(),
-            stream: Some(item.stream.clone()),
-            comment_id: item.comment_id.clone(),
-            user: item
-                .held
-                .as_ref()
-                .map(|h| h.author.id.clone())
-                .or_else(|| item.comment.as_ref().map(|c| c.user.id.clone())),
-            reason: reason.to_owned(),
-        })
-        .await;
-        Ok(ActionOutcome {
-            event,
-            item: Some(item),
-            changed: true,
-        })
+        let action = match decision {
+            Decision::Approve => "approve",
+            Decision::Retract => "reject",
+        };
+        let mut entry = audit(now, actor, action, &stream, item.comment.as_ref(), reason);
+        if let Some(h) = &item.held {
+            entry.user = Some(h.author.id.clone());
+        }
+        batch.audit.push(entry);
+        batch.items.push(item.clone());
+        let out = self
+            .finish(&stream, batch, after, Some(item.clone()))
+            .await?;
+        if let (Some(h), Decision::Retract) = (&item.held, decision) {
+            let answer = Rejected::new(
+                Some(h.client_msg_id.clone()),
+                RejectCode::Blocked,
+                "a moderator declined this comment",
+            );
+            self.to_inbox(&h.author.id, InboxMessage::Reject(answer))
+                .await;
+        }
+        Ok(out)
     }
 
-    /// Publishes an approved held post as a new comment and tells its author.
-    async fn publish_held(&mut self, item: &QueueItem) -> Result<Event, ActionError> {
+    /// Publishes an approved held post as a new comment (now, with the stream's next `seq`)
+    /// and tells its author. The stream must still be live and the author not banned.
+    async fn publish_held(
+        &mut self,
+        mut item: QueueItem,
+        actor: &str,
+        reason: &str,
+    ) -> Result<ActionOutcome, ActionError> {
         let held = item
             .held
-            .as_ref()
+            .clone()
             .ok_or_else(|| ActionError::Invalid("held item without its post".into()))?;
         let stream = self
             .deps
@@ -500,17 +556,43 @@ impl Writer {
             .await
             .map_err(store_err)?
             .ok_or_else(|| ActionError::NotFound(format!("no stream {}", item.stream)))?;
+        if stream.status != StreamStatus::Live {
+            return Err(ActionError::Conflict(format!(
+                "stream {} is not live any more; decline the post instead",
+                stream.id
+            )));
+        }
         let now = now_ms();
+        let bans = self
+            .deps
+            .store
+            .bans_of(std::slice::from_ref(&held.author.id))
+            .await
+            .map_err(store_err)?;
+        let active: Vec<&Ban> = bans
+            .iter()
+            .filter(|b| b.scope.covers(&stream.id) && b.active(now))
+            .collect();
+        if active.iter().any(|b| !b.shadow) {
+            return Err(ActionError::Conflict(
+                "the author is banned; decline the post instead".into(),
+            ));
+        }
+        let shadow = !active.is_empty();
         let id = self.new_id();
-        let (seq, offset_ms) = self.number(&stream, now).await.map_err(store_err)?;
-        let Author { id: user, name, .. } = held.author.clone();
+        let (seq, offset_ms) = if shadow {
+            self.peek(&stream, now).await
+        } else {
+            self.number(&stream, now).await
+        }
+        .map_err(store_err)?;
         let comment = Comment {
             id,
             seq,
             stream: item.stream.clone(),
             user: UserRef {
-                id: user.clone(),
-                name,
+                id: held.author.id.clone(),
+                name: held.author.name.clone(),
             },
             text: held.text.clone(),
             ts: now,
@@ -520,25 +602,37 @@ impl Writer {
             likes: 0,
             replies: 0,
         };
-        let stored = StoredComment {
-            comment: comment.clone(),
-            client_msg_id: held.client_msg_id.clone(),
-            visibility: Visibility::Visible,
-            depth: 0,
+        close(&mut item, QueueStatus::Approved, actor, reason, now);
+        let mut entry = audit(now, actor, "approve", &item.stream, None, reason);
+        entry.user = Some(held.author.id.clone());
+        let batch = Batch {
+            events: vec![StoredEvent::Comment(StoredComment {
+                comment: comment.clone(),
+                client_msg_id: held.client_msg_id.clone(),
+                visibility: if shadow {
+                    Visibility::Shadow
+                } else {
+                    Visibility::Visible
+                },
+                depth: 0,
+            })],
+            items: vec![item.clone()],
+            audit: vec![entry],
+            ..Default::default()
         };
-        if let Err(e) = self
-            .deps
-            .store
-            .append(&[StoredEvent::Comment(stored)])
-            .await
-        {
+        if let Err(e) = self.deps.store.commit(&batch).await {
             self.forget_cursor(&item.stream);
             return Err(store_err(e));
         }
         let event = Event::Comment(comment.clone());
-        self.publish(&item.stream, &event, now, false).await;
+        if shadow {
+            self.publish_privately(&held.author.id, &item.stream, &event)
+                .await;
+        } else {
+            self.publish(&item.stream, &event, now, false).await;
+        }
         self.to_inbox(
-            &user,
+            &held.author.id,
             InboxMessage::Ack(Accepted {
                 client_msg_id: held.client_msg_id.clone(),
                 id: comment.id.clone(),
@@ -546,7 +640,47 @@ impl Writer {
             }),
         )
         .await;
-        Ok(event)
+        Ok(ActionOutcome {
+            event: Some(event),
+            item: Some(item),
+            changed: true,
+        })
+    }
+
+    /// A retracted comment does not stay pinned.
+    async fn unpin_if(&self, stream: &StreamId, comment_id: &str) {
+        let updated = self
+            .deps
+            .streams
+            .update(stream, |s| {
+                if s.pinned.as_ref().is_some_and(|c| c.id == comment_id) {
+                    s.pinned = None;
+                    return Ok::<_, StoreError>(true);
+                }
+                Ok(false)
+            })
+            .await;
+        match updated {
+            Ok(Some((s, true))) => {
+                for d in [Delivery::pinned(&s), Delivery::stream_state(&s)] {
+                    if let Err(e) = self.deps.bus.deliver(d).await {
+                        tracing::warn!(error = %e, "publishing the unpin failed");
+                    }
+                }
+                self.audit(AuditEntry {
+                    at: now_ms(),
+                    actor: "system".into(),
+                    action: "unpin".into(),
+                    stream: Some(stream.clone()),
+                    comment_id: Some(comment_id.to_owned()),
+                    user: None,
+                    reason: "the pinned comment was retracted".into(),
+                })
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "unpinning a retracted comment failed"),
+        }
     }
 
     /// Records a strike; enough of them within the window shadow-ban the user.
@@ -607,11 +741,4 @@ impl Writer {
         })
         .await;
     }
-}
-
-fn close(item: &mut QueueItem, status: QueueStatus, actor: &str, reason: &str, now: i64) {
-    item.status = status;
-    item.decided_by = Some(actor.to_owned());
-    item.decided_at = Some(now);
-    item.decision_reason = Some(reason.to_owned());
 }

@@ -120,6 +120,11 @@ impl Writer {
                     let outcome = self.report(&submission).await;
                     self.answer(&submission.author.id, reply, outcome).await;
                 }
+                Job::Flush(done) => {
+                    self.flush_posts(&mut posts).await;
+                    self.flush_likes(&mut likes).await;
+                    let _ = done.send(());
+                }
                 Job::Act { action, reply } => {
                     self.flush_posts(&mut posts).await;
                     self.flush_likes(&mut likes).await;
@@ -243,6 +248,17 @@ impl Writer {
             .max(c.last_offset_ms);
         c.last_seq += 1;
         c.last_offset_ms = offset_ms;
+        Ok((c.last_seq, offset_ms))
+    }
+
+    /// The stream's latest `seq` and the `offset_ms` for `now`, taking no new `seq`: for
+    /// comments of shadow-banned users, which stay out of the public sequence.
+    async fn peek(&mut self, stream: &StreamState, now: i64) -> Result<(u64, u64), StoreError> {
+        let started = stream.started_at.unwrap_or(now);
+        let c = self.cursor(&stream.id).await?;
+        let offset_ms = u64::try_from(now - started)
+            .unwrap_or(0)
+            .max(c.last_offset_ms);
         Ok((c.last_seq, offset_ms))
     }
 

@@ -9,7 +9,7 @@ use wire::bus::Submission;
 use wire::event::{ChatMode, Comment, Event, StreamState, UserRef};
 use wire::inbox::{self, Accepted, Answer, Held, InboxMessage, Outcome, RejectCode, Rejected};
 use wire::moderation::{actors, AuditEntry, Ban, HeldPost, QueueItem, QueueKind, QueueStatus};
-use wire::store::{DedupHit, DedupKey, StoredComment, StoredEvent, Visibility};
+use wire::store::{Batch, DedupHit, DedupKey, StoredComment, StoredEvent, Visibility};
 use wire::time::now_ms;
 use wire::{StreamId, UserId};
 
@@ -67,6 +67,7 @@ impl Writer {
         // 3. Stream, bans, rules, rate limit.
         let bans = self.bans_of_authors(&slots).await;
         let mut fresh = Vec::new();
+        let mut held = Vec::new();
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.outcome.is_some() || slot.copy_of.is_some() {
                 continue;
@@ -79,15 +80,23 @@ impl Writer {
                     f.index = i;
                     fresh.push(*f);
                 }
-                Ok(Admit::Answered(o)) => slot.outcome = Some(o),
+                Ok(Admit::Held(h)) => held.push((i, *h)),
                 Err(r) => slot.outcome = Some(Err(r)),
             }
         }
 
-        // 4. Number, 5. store durably, 6. publish in seq order.
-        let (stored, failed) = self.store_fresh(&slots, fresh).await;
+        // 4. Number, 5. store durably (with the held posts' queue items), 6. publish in
+        // seq order.
+        let (stored, failed, held_ok) = self.store_fresh(&slots, fresh, &held).await;
         for (index, client_msg_id) in failed {
             slots[index].outcome = Some(Err(unavailable(Some(client_msg_id))));
+        }
+        for (index, h) in held {
+            slots[index].outcome = Some(if held_ok {
+                Ok(Answer::Held(h.answer))
+            } else {
+                Err(unavailable(Some(h.answer.client_msg_id)))
+            });
         }
         for (index, c, f) in stored {
             let sub = &slots[index].submission;
@@ -170,6 +179,13 @@ impl Writer {
                                 item,
                                 "waiting for review",
                             )),
+                            DedupHit::Declined { .. } => {
+                                return Err(Rejected::new(
+                                    Some(key.client_msg_id),
+                                    RejectCode::Blocked,
+                                    "a moderator declined this comment",
+                                ))
+                            }
                         })
                     });
                 }
@@ -281,6 +297,18 @@ impl Writer {
             }
         }
 
+        if let Err(wait) = self.limiter.check(&a.id) {
+            let ms = (wait.as_millis() as u64).max(1);
+            return Err(Rejected::new(
+                id.clone(),
+                RejectCode::RateLimited,
+                format!(
+                    "at most {} comments per {} s; retry in {} ms",
+                    self.config.rate_limit_count, self.config.rate_limit_window_s, ms
+                ),
+            )
+            .retry_after(ms));
+        }
         let candidate = moderation::Candidate {
             stream: &sub.stream,
             author: &sub.author,
@@ -293,10 +321,7 @@ impl Writer {
                 return Err(r);
             }
             moderation::Verdict::Hold { rule, message } => {
-                return self
-                    .hold(sub, post, rule, message)
-                    .await
-                    .map(Admit::Answered);
+                return Ok(Admit::Held(Box::new(self.hold(sub, post, rule, message))));
             }
         }
 
@@ -321,18 +346,6 @@ impl Writer {
             }
         }
 
-        if let Err(wait) = self.limiter.check(&a.id) {
-            let ms = (wait.as_millis() as u64).max(1);
-            return Err(Rejected::new(
-                Some(post.client_msg_id),
-                RejectCode::RateLimited,
-                format!(
-                    "at most {} comments per {} s; retry in {} ms",
-                    self.config.rate_limit_count, self.config.rate_limit_window_s, ms
-                ),
-            )
-            .retry_after(ms));
-        }
         self.last_post.insert(key, Instant::now());
         let keep = exempt || post.reply_to.is_some();
         Ok(Admit::Fresh(Box::new(Fresh {
@@ -386,14 +399,8 @@ impl Writer {
         Ok((post, ancestor.depth + 1, Some(ancestor.comment.user.id)))
     }
 
-    /// Puts a post into the review queue instead of the stream.
-    async fn hold(
-        &mut self,
-        sub: &Submission,
-        post: Post,
-        rule: &'static str,
-        message: String,
-    ) -> Result<Outcome, Rejected> {
+    /// Prepares a post for the review queue instead of the stream (stored with the batch).
+    fn hold(&mut self, sub: &Submission, post: Post, rule: &'static str, message: String) -> Hold {
         let now = now_ms();
         let item = QueueItem {
             id: self.new_id(),
@@ -417,11 +424,7 @@ impl Writer {
             decided_at: None,
             decision_reason: None,
         };
-        if let Err(e) = self.deps.store.put_queue_item(&item).await {
-            tracing::error!(error = %e, "holding a post failed");
-            return Err(unavailable(Some(post.client_msg_id)));
-        }
-        self.audit(AuditEntry {
+        let audit = AuditEntry {
             at: now,
             actor: actors::RULES.into(),
             action: "hold".into(),
@@ -429,24 +432,31 @@ impl Writer {
             comment_id: None,
             user: Some(sub.author.id.clone()),
             reason: item.reason.clone(),
-        })
-        .await;
-        Ok(Ok(Answer::Held(held_answer(
-            post.client_msg_id,
-            item.id,
-            &message,
-        ))))
+        };
+        let answer = held_answer(post.client_msg_id, item.id.clone(), &message);
+        Hold {
+            item,
+            audit,
+            answer,
+        }
     }
 
     /// Numbers the fresh posts and stores them in one transaction. Returns what was stored
     /// (slot, comment, shadow) and what was not (slot, client id).
+    /// Held posts' queue items go into the same transaction; the last value says whether
+    /// they were stored.
     async fn store_fresh(
         &mut self,
         slots: &[Slot],
         fresh: Vec<Fresh>,
-    ) -> (Vec<(usize, StoredComment, Fresh)>, Vec<(usize, String)>) {
-        if fresh.is_empty() {
-            return (Vec::new(), Vec::new());
+        held: &[(usize, Hold)],
+    ) -> (
+        Vec<(usize, StoredComment, Fresh)>,
+        Vec<(usize, String)>,
+        bool,
+    ) {
+        if fresh.is_empty() && held.is_empty() {
+            return (Vec::new(), Vec::new(), true);
         }
         let now = now_ms();
         let mut rows = Vec::with_capacity(fresh.len());
@@ -455,7 +465,13 @@ impl Writer {
         for f in fresh {
             let sub = &slots[f.index].submission;
             let id = self.new_id();
-            let (seq, offset_ms) = match self.number(&f.stream, now).await {
+            // A shadow-banned author's comment takes no seq of its own.
+            let numbered = if f.shadow {
+                self.peek(&f.stream, now).await
+            } else {
+                self.number(&f.stream, now).await
+            };
+            let (seq, offset_ms) = match numbered {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, stream = %sub.stream, "reading the last seq failed");
@@ -490,22 +506,29 @@ impl Writer {
             meta.push((f.index, stored.clone(), f));
             rows.push(StoredEvent::Comment(stored));
         }
-        if rows.is_empty() {
-            return (Vec::new(), failed);
+        if rows.is_empty() && held.is_empty() {
+            return (Vec::new(), failed, true);
         }
+        let count = rows.len();
+        let batch = Batch {
+            events: rows,
+            items: held.iter().map(|(_, h)| h.item.clone()).collect(),
+            audit: held.iter().map(|(_, h)| h.audit.clone()).collect(),
+            reporters: Vec::new(),
+        };
         let started = Instant::now();
-        let result = self.deps.store.append(&rows).await;
+        let result = self.deps.store.commit(&batch).await;
         metrics::histogram!("livecomments_store_commit_seconds").record(started.elapsed());
-        metrics::histogram!("livecomments_store_batch_size").record(rows.len() as f64);
+        metrics::histogram!("livecomments_store_batch_size").record(count as f64);
         match result {
-            Ok(()) => (meta, failed),
+            Ok(()) => (meta, failed, true),
             Err(e) => {
-                tracing::error!(error = %e, count = rows.len(), "storing comments failed");
+                tracing::error!(error = %e, count, "storing comments failed");
                 for (index, c, _) in meta {
                     self.forget_cursor(&c.comment.stream);
                     failed.push((index, c.client_msg_id));
                 }
-                (Vec::new(), failed)
+                (Vec::new(), failed, false)
             }
         }
     }
@@ -513,8 +536,15 @@ impl Writer {
 
 enum Admit {
     Fresh(Box<Fresh>),
-    /// Decided without storing a comment (held for review).
-    Answered(Outcome),
+    /// Held for review: its queue item is stored with the batch.
+    Held(Box<Hold>),
+}
+
+/// A held post, stored with the batch it came in.
+struct Hold {
+    item: QueueItem,
+    audit: AuditEntry,
+    answer: Held,
 }
 
 /// Whether a text is only emoji (and spaces).

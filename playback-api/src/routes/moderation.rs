@@ -168,14 +168,16 @@ async fn report(
     let mut out = state
         .ingest
         .act(Action::Report {
-            stream: sid,
+            stream: sid.clone(),
             comment_id: id,
             reporter: caller.0.user.clone(),
             reason: b.reason,
         })
         .await?;
-    // Reporters learn that their report counted, not who else reported.
-    if caller.0.role == Role::Viewer {
+    // Reporters learn that their report counted; only the stream's moderators see who
+    // else reported.
+    let s = stream(&state, &sid).await?;
+    if may_moderate(&caller, Some(&s)).is_err() {
         out.item = None;
     }
     Ok((StatusCode::ACCEPTED, Json(out.into())))
