@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::bus::{Bus, Submission};
+use wire::bus::{Bus, Received, Submission};
 use wire::event::Comment;
 use wire::inbox::{Outcome, RejectCode, Rejected};
 use wire::ingest::Ingest;
@@ -94,10 +94,12 @@ pub struct BridgeDeps {
 }
 
 pub(crate) enum Job {
-    /// A post or report; answered on the author's inbox (MQTT) or to the caller (HTTP).
+    /// A post, report or like; answered on the author's inbox (MQTT) or to the caller (HTTP).
     Submit {
         submission: Submission,
         reply: writer::Reply,
+        /// Confirmed to the bus once answered.
+        receipt: Option<String>,
     },
     /// A moderation action.
     Act {
@@ -161,7 +163,7 @@ pub struct BridgeTasks {
 
 /// Feeds MQTT submissions from the bus to the writer.
 async fn consume(
-    mut submissions: mpsc::Receiver<Submission>,
+    mut submissions: mpsc::Receiver<Received>,
     jobs: mpsc::Sender<Job>,
     shutdown: CancellationToken,
 ) {
@@ -171,8 +173,12 @@ async fn consume(
             _ = shutdown.cancelled() => {
                 // Drain what nodes already accepted (and PUBACKed) before stopping.
                 submissions.close();
-                while let Some(submission) = submissions.recv().await {
-                    let job = Job::Submit { submission, reply: writer::Reply::Inbox };
+                while let Some(r) = submissions.recv().await {
+                    let job = Job::Submit {
+                        submission: r.submission,
+                        reply: writer::Reply::Inbox,
+                        receipt: r.receipt,
+                    };
                     if jobs.send(job).await.is_err() {
                         break;
                     }
@@ -180,10 +186,11 @@ async fn consume(
                 None
             }
         };
-        let Some(submission) = next else { break };
+        let Some(r) = next else { break };
         let job = Job::Submit {
-            submission,
+            submission: r.submission,
             reply: writer::Reply::Inbox,
+            receipt: r.receipt,
         };
         if jobs.send(job).await.is_err() {
             break;
@@ -206,6 +213,7 @@ impl Ingest for Bridge {
         let job = Job::Submit {
             submission,
             reply: writer::Reply::Caller(tx),
+            receipt: None,
         };
         // One deadline for queueing and processing, shorter than the HTTP request timeout, so
         // a caller always gets a JSON answer. A late result is still stored; the retry with

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use wire::auth::Identity;
-use wire::bus::{Author, Origin, Submission, SubmissionKind};
+use wire::bus::{Author, Channel, Origin, Submission, SubmissionKind};
 use wire::inbox::{InboxMessage, RejectCode, Rejected};
 use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
@@ -196,7 +196,9 @@ pub(crate) async fn serve(
     let keepalive = (connect.keep_alive > 0)
         .then(|| Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2);
     let (direct_tx, direct_rx) = mpsc::channel(DIRECT_QUEUE);
-    ctx.registry.attach(&identity.user, uid, direct_tx);
+    if ctx.registry.attach(&identity.user, uid, direct_tx) {
+        ctx.deps.bus.watch(Channel::User(identity.user.clone()));
+    }
     let inbox_topic = topics::inbox(&identity.user);
     let mut session = Session {
         ctx: ctx.clone(),
@@ -404,7 +406,7 @@ impl Session {
         to_router: &mut Vec<RPacket>,
     ) -> Result<(), Close> {
         match packet {
-            CPacket::Publish(p) => self.on_publish(p),
+            CPacket::Publish(p) => self.on_publish(p).await,
             CPacket::PubRel(r) => self.write_packet(CPacket::PubComp(PubComp::new(r.pkid))),
             CPacket::Subscribe(s) => self.on_subscribe(s, to_router).await,
             CPacket::Unsubscribe(u) => self.on_unsubscribe(u, to_router),
@@ -418,11 +420,11 @@ impl Session {
         }
     }
 
-    fn on_publish(&mut self, p: CPublish) -> Result<(), Close> {
+    async fn on_publish(&mut self, p: CPublish) -> Result<(), Close> {
         let (kind, stream) = match topics::parse_client_publish(&p.topic) {
             Some(ClientPublish::Post(s)) => (SubmissionKind::Post, s),
             Some(ClientPublish::Report(s)) => (SubmissionKind::Report, s),
-            Some(ClientPublish::React(s)) => return self.on_react(p, s),
+            Some(ClientPublish::React(s)) => return self.on_react(p, s).await,
             None => {
                 metrics::counter!("livecomments_publish_denied_total").increment(1);
                 tracing::warn!(topic = %p.topic, "publish outside the policy; closing");
@@ -471,6 +473,7 @@ impl Session {
                 .deps
                 .bus
                 .submit(submission)
+                .await
                 .err()
                 .map(|e| e.to_string())
         };
@@ -495,7 +498,7 @@ impl Session {
     /// Reactions are counted here; likes go to the write path. Either way the client gets
     /// its PUBACK: a reaction that is dropped (unknown emoji, over the rate) is dropped
     /// silently and counted.
-    fn on_react(&mut self, p: CPublish, stream: StreamId) -> Result<(), Close> {
+    async fn on_react(&mut self, p: CPublish, stream: StreamId) -> Result<(), Close> {
         let user = &self.identity.user;
         if self.ctx.reactions.react(user, &stream, &p.payload) == Reacted::Like {
             let like = Submission {
@@ -506,7 +509,7 @@ impl Session {
                 origin: Origin::Mqtt,
                 received_at_ms: now_ms(),
             };
-            if self.ctx.deps.bus.submit(like).is_err() {
+            if self.ctx.deps.bus.submit(like).await.is_err() {
                 metrics::counter!("livecomments_reactions_dropped_total", "reason" => "overload")
                     .increment(1);
             }
@@ -638,9 +641,15 @@ impl Session {
         let before = *n;
         *n = n.saturating_add_signed(delta);
         match (before, *n) {
-            (0, 1..) => self.ctx.viewers.join(stream, &self.identity.user),
+            (0, 1..) => {
+                if self.ctx.viewers.join(stream, &self.identity.user) {
+                    self.ctx.deps.bus.watch(Channel::Stream(stream.clone()));
+                }
+            }
             (1.., 0) => {
-                self.ctx.viewers.leave(stream);
+                if self.ctx.viewers.leave(stream) {
+                    self.ctx.deps.bus.unwatch(Channel::Stream(stream.clone()));
+                }
                 self.watching.remove(stream);
             }
             _ => {}
@@ -757,11 +766,18 @@ impl Session {
     async fn teardown(&mut self) {
         self.reader = None;
         for stream in self.watching.keys() {
-            self.ctx.viewers.leave(stream);
+            if self.ctx.viewers.leave(stream) {
+                self.ctx.deps.bus.unwatch(Channel::Stream(stream.clone()));
+            }
         }
         self.watching.clear();
         let reg = &self.ctx.registry;
-        reg.detach(&self.identity.user, self.uid);
+        if reg.detach(&self.identity.user, self.uid) {
+            self.ctx
+                .deps
+                .bus
+                .unwatch(Channel::User(self.identity.user.clone()));
+        }
         reg.leave(&self.identity.user, &self.client_id, self.uid);
         // Tell the router this session is gone before its slot can be reused.
         let bye = RPacket::Disconnect(

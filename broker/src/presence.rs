@@ -32,14 +32,14 @@ pub(crate) struct Viewers {
 }
 
 impl Viewers {
-    /// A connection of `user` started watching `stream`.
-    pub(crate) fn join(&self, stream: &StreamId, user: &UserId) {
+    /// A connection of `user` started watching `stream`; true for the node's first viewer.
+    pub(crate) fn join(&self, stream: &StreamId, user: &UserId) -> bool {
         let mut m = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let p = match m.get_mut(stream) {
             Some(p) => p,
             None => {
                 let Ok(unique) = Hll::new(PRECISION, BuildHasherDefault::default()) else {
-                    return;
+                    return false;
                 };
                 m.entry(stream.clone()).or_insert(StreamPresence {
                     viewers: 0,
@@ -51,15 +51,19 @@ impl Viewers {
         p.viewers += 1;
         p.unique.insert(user);
         p.changed = true;
+        p.viewers == 1
     }
 
-    /// A connection stopped watching `stream` (unsubscribed or gone).
-    pub(crate) fn leave(&self, stream: &StreamId) {
+    /// A connection stopped watching `stream` (unsubscribed or gone); true when it was the
+    /// node's last viewer.
+    pub(crate) fn leave(&self, stream: &StreamId) -> bool {
         let mut m = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = m.get_mut(stream) {
             p.viewers = p.viewers.saturating_sub(1);
             p.changed = true;
+            return p.viewers == 0;
         }
+        false
     }
 
     /// The streams whose counts changed since the last call, with their counts.

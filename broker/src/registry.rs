@@ -105,20 +105,26 @@ impl Registry {
         }
     }
 
-    /// Registers a connection for direct messages to its user.
-    pub(crate) fn attach(&self, user: &UserId, uid: u64, tx: mpsc::Sender<Direct>) {
+    /// Registers a connection for direct messages to its user; true for the user's first
+    /// connection on this node.
+    pub(crate) fn attach(&self, user: &UserId, uid: u64, tx: mpsc::Sender<Direct>) -> bool {
         let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
-        direct.entry(user.clone()).or_default().push((uid, tx));
+        let list = direct.entry(user.clone()).or_default();
+        list.push((uid, tx));
+        list.len() == 1
     }
 
-    pub(crate) fn detach(&self, user: &UserId, uid: u64) {
+    /// True when it was the user's last connection on this node.
+    pub(crate) fn detach(&self, user: &UserId, uid: u64) -> bool {
         let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(list) = direct.get_mut(user) {
             list.retain(|(u, _)| *u != uid);
             if list.is_empty() {
                 direct.remove(user);
+                return true;
             }
         }
+        false
     }
 
     /// Hands a message to every local connection of the user; each writes it only if it

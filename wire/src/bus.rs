@@ -144,23 +144,64 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// Who a delivery is for: the nodes watching a stream, or the node(s) of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Stream(StreamId),
+    User(UserId),
+}
+
+impl Delivery {
+    /// The channel this delivery travels on.
+    pub fn channel(&self) -> Option<Channel> {
+        match self {
+            Delivery::Stream { stream, .. } | Delivery::Likes { stream, .. } => {
+                Some(Channel::Stream(stream.clone()))
+            }
+            Delivery::Inbox { user, .. } | Delivery::Private { user, .. } => {
+                Some(Channel::User(user.clone()))
+            }
+            Delivery::Retained { topic, .. } | Delivery::Topic { topic, .. } => {
+                topics::stream_of(topic).map(Channel::Stream)
+            }
+        }
+    }
+}
+
+/// A submission taken from the bus. Once it has been answered, its `receipt` is confirmed;
+/// an unconfirmed submission is handed to another consumer if this one dies.
+#[derive(Debug)]
+pub struct Received {
+    pub submission: Submission,
+    pub receipt: Option<String>,
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Hands a submission to the write path. Fails fast (never waits) when the queue is full,
-    /// so a node can tell the client to retry instead of stalling its connection.
-    fn submit(&self, submission: Submission) -> Result<(), BusError>;
+    /// Hands a submission to the write path. Fails fast when the bus cannot take it (full,
+    /// unreachable), so a node can tell the client to retry instead of stalling.
+    async fn submit(&self, submission: Submission) -> Result<(), BusError>;
     /// The write path's end of the submission queue.
-    fn take_submissions(&self) -> Result<mpsc::Receiver<Submission>, BusError>;
+    fn take_submissions(&self) -> Result<mpsc::Receiver<Received>, BusError>;
+    /// Confirms that submissions were answered.
+    async fn confirm(&self, _receipts: &[String]) -> Result<(), BusError> {
+        Ok(())
+    }
     /// Publishes to broker nodes; waits while the nodes' queue is full (back-pressure).
     async fn deliver(&self, delivery: Delivery) -> Result<(), BusError>;
     /// A node's end of the delivery queue.
     fn take_deliveries(&self) -> Result<mpsc::Receiver<Delivery>, BusError>;
+    /// This node has local interest in a channel (viewers of a stream, connections of a
+    /// user); called on the first, `unwatch` after the last. A bus that delivers everything
+    /// everywhere ignores these.
+    fn watch(&self, _channel: Channel) {}
+    fn unwatch(&self, _channel: Channel) {}
 }
 
 /// The in-process bus of the embedded default.
 pub struct MemoryBus {
-    submit_tx: mpsc::Sender<Submission>,
-    submit_rx: Mutex<Option<mpsc::Receiver<Submission>>>,
+    submit_tx: mpsc::Sender<Received>,
+    submit_rx: Mutex<Option<mpsc::Receiver<Received>>>,
     deliver_tx: mpsc::Sender<Delivery>,
     deliver_rx: Mutex<Option<mpsc::Receiver<Delivery>>>,
 }
@@ -188,14 +229,18 @@ fn take<T>(slot: &Mutex<Option<T>>, what: &'static str) -> Result<T, BusError> {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    fn submit(&self, submission: Submission) -> Result<(), BusError> {
-        self.submit_tx.try_send(submission).map_err(|e| match e {
+    async fn submit(&self, submission: Submission) -> Result<(), BusError> {
+        let received = Received {
+            submission,
+            receipt: None,
+        };
+        self.submit_tx.try_send(received).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => BusError::Full,
             mpsc::error::TrySendError::Closed(_) => BusError::Closed,
         })
     }
 
-    fn take_submissions(&self) -> Result<mpsc::Receiver<Submission>, BusError> {
+    fn take_submissions(&self) -> Result<mpsc::Receiver<Received>, BusError> {
         take(&self.submit_rx, "submissions")
     }
 

@@ -46,6 +46,15 @@ pub fn inbox(user: &UserId) -> String {
     format!("users/{user}/inbox")
 }
 
+/// The stream a `streams/{stream}/...` topic belongs to.
+pub fn stream_of(topic: &str) -> Option<StreamId> {
+    let mut levels = topic.split('/');
+    match (levels.next(), levels.next()) {
+        (Some("streams"), Some(s)) => StreamId::new(s).ok(),
+        _ => None,
+    }
+}
+
 /// What a client may publish to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientPublish {

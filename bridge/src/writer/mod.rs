@@ -104,9 +104,19 @@ impl Writer {
     async fn process(&mut self, jobs: Vec<Job>) {
         let mut posts = Vec::new();
         let mut likes = Vec::new();
+        // Receipts of bus submissions, confirmed once everything in this batch is answered.
+        let mut receipts = Vec::new();
         for job in jobs {
+            if let Job::Submit {
+                receipt: Some(r), ..
+            } = &job
+            {
+                receipts.push(r.clone());
+            }
             match job {
-                Job::Submit { submission, reply } if submission.kind == SubmissionKind::Post => {
+                Job::Submit {
+                    submission, reply, ..
+                } if submission.kind == SubmissionKind::Post => {
                     self.flush_likes(&mut likes).await;
                     posts.push((submission, reply))
                 }
@@ -114,7 +124,9 @@ impl Writer {
                     self.flush_posts(&mut posts).await;
                     likes.push(submission);
                 }
-                Job::Submit { submission, reply } => {
+                Job::Submit {
+                    submission, reply, ..
+                } => {
                     self.flush_posts(&mut posts).await;
                     self.flush_likes(&mut likes).await;
                     let outcome = self.report(&submission).await;
@@ -135,6 +147,13 @@ impl Writer {
         }
         self.flush_posts(&mut posts).await;
         self.flush_likes(&mut likes).await;
+        if !receipts.is_empty() {
+            if let Err(e) = self.deps.bus.confirm(&receipts).await {
+                // Unconfirmed submissions come back (to this or another bridge); the
+                // client_msg_id de-duplication answers them again without storing twice.
+                tracing::warn!(error = %e, count = receipts.len(), "confirming submissions failed");
+            }
+        }
     }
 
     async fn flush_likes(&mut self, likes: &mut Vec<wire::bus::Submission>) {
