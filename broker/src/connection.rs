@@ -640,19 +640,15 @@ impl Session {
         let n = self.watching.entry(stream.clone()).or_insert(0);
         let before = *n;
         *n = n.saturating_add_signed(delta);
-        match (before, *n) {
-            (0, 1..) => {
-                if self.ctx.viewers.join(stream, &self.identity.user) {
-                    self.ctx.deps.bus.watch(Channel::Stream(stream.clone()));
-                }
+        let bus = &self.ctx.deps.bus;
+        if before == 0 && *n > 0 && self.ctx.viewers.join(stream, &self.identity.user) {
+            bus.watch(Channel::Stream(stream.clone()));
+        }
+        if before > 0 && *n == 0 {
+            if self.ctx.viewers.leave(stream) {
+                bus.unwatch(Channel::Stream(stream.clone()));
             }
-            (1.., 0) => {
-                if self.ctx.viewers.leave(stream) {
-                    self.ctx.deps.bus.unwatch(Channel::Stream(stream.clone()));
-                }
-                self.watching.remove(stream);
-            }
-            _ => {}
+            self.watching.remove(stream);
         }
     }
 
