@@ -77,6 +77,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
             streams: streams.clone(),
             moderation,
             accepted: Some(accepted_tx),
+            sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
         },
         bridge_stop.clone(),
     )?;

@@ -19,7 +19,9 @@
 //! - `writer` — the batch pipeline above.
 //! - [`store`] — storage implementations (`embedded`: redb).
 
+pub mod bus;
 pub mod ratelimit;
+pub mod sequence;
 pub mod store;
 pub mod validate;
 mod writer;
@@ -91,6 +93,8 @@ pub struct BridgeDeps {
     /// Accepted comments are copied here for asynchronous moderation (never blocks delivery:
     /// when full, the copy is dropped and counted).
     pub accepted: Option<mpsc::Sender<Comment>>,
+    /// Hands out `seq`s (in memory, or shared by a cluster's bridges).
+    pub sequencer: Arc<dyn sequence::Sequencer>,
 }
 
 pub(crate) enum Job {

@@ -46,6 +46,8 @@ use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
 
 /// How long a stream's existence is trusted from cache when a client subscribes.
 const STREAM_EXISTS_CACHE: Duration = Duration::from_secs(60);
+/// How long a stream's status is trusted from cache when counting reactions.
+const STREAM_LIVE_CACHE: Duration = Duration::from_secs(2);
 /// Write to the socket once this much is buffered, even mid-batch.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Direct messages (inbox answers, private frames) queued per connection before further ones
@@ -499,6 +501,12 @@ impl Session {
     /// its PUBACK: a reaction that is dropped (unknown emoji, over the rate) is dropped
     /// silently and counted.
     async fn on_react(&mut self, p: CPublish, stream: StreamId) -> Result<(), Close> {
+        // Counting only live streams keeps one user from creating rows for made-up names.
+        if !self.stream_live(&stream).await {
+            metrics::counter!("livecomments_reactions_dropped_total", "reason" => "not_live")
+                .increment(1);
+            return self.ack_publish(&p);
+        }
         let user = &self.identity.user;
         if self.ctx.reactions.react(user, &stream, &p.payload) == Reacted::Like {
             let like = Submission {
@@ -658,6 +666,18 @@ impl Session {
         }
         match self.ctx.deps.streams.get(stream, STREAM_EXISTS_CACHE).await {
             Ok(s) => s.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream lookup failed");
+                false
+            }
+        }
+    }
+
+    /// Whether a stream exists and is live (a cached answer, briefly: a stream going live on
+    /// another node is seen within [`STREAM_LIVE_CACHE`]).
+    async fn stream_live(&self, stream: &wire::StreamId) -> bool {
+        match self.ctx.deps.streams.get(stream, STREAM_LIVE_CACHE).await {
+            Ok(s) => s.is_some_and(|s| s.status == wire::event::StreamStatus::Live),
             Err(e) => {
                 tracing::warn!(error = %e, "stream lookup failed");
                 false

@@ -121,13 +121,13 @@ impl Node {
             reactions: reactions.clone(),
             viewers: viewers.clone(),
         });
-        tokio::spawn(reactions::run(
+        let flusher = Arc::new(reactions::Flusher::new(
             reactions.clone(),
-            config.reactions.window_ms,
             deps.streams.store().clone(),
             deps.bus.clone(),
-            shutdown.intake.clone(),
+            config.reactions.window_ms,
         ));
+        tokio::spawn(reactions::run(flusher.clone(), shutdown.relay.clone()));
         tokio::spawn(presence::run(
             viewers,
             deps.presence.clone(),
@@ -175,7 +175,7 @@ impl Node {
             deliveries,
             router.link,
             registry,
-            reactions,
+            flusher,
             config.delivery.clone(),
             shutdown.relay.clone(),
         ));

@@ -6,7 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
@@ -20,10 +20,16 @@ const PRECISION: u8 = 14;
 
 type Hll = HyperLogLogPlus<UserId, BuildHasherDefault<DefaultHasher>>;
 
+/// A stream nobody on this node watched for this long is forgotten (its distinct-user
+/// estimate with it), so the map holds the streams being watched, not every stream ever.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 struct StreamPresence {
     viewers: u64,
     unique: Hll,
     changed: bool,
+    /// When `viewers` last dropped to 0.
+    empty_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -45,12 +51,14 @@ impl Viewers {
                     viewers: 0,
                     unique,
                     changed: true,
+                    empty_since: None,
                 })
             }
         };
         p.viewers += 1;
         p.unique.insert(user);
         p.changed = true;
+        p.empty_since = None;
         p.viewers == 1
     }
 
@@ -61,14 +69,29 @@ impl Viewers {
         if let Some(p) = m.get_mut(stream) {
             p.viewers = p.viewers.saturating_sub(1);
             p.changed = true;
+            if p.viewers == 0 {
+                p.empty_since = Some(Instant::now());
+            }
             return p.viewers == 0;
         }
         false
     }
 
-    /// The streams whose counts changed since the last call, with their counts.
-    fn changed(&self) -> Vec<(StreamId, Presence)> {
+    /// The streams whose counts changed since the last call, with their counts; forgets the
+    /// streams that have been without viewers for [`FORGET_AFTER`] (returned second).
+    fn changed(&self, now: Instant) -> (Vec<(StreamId, Presence)>, Vec<StreamId>) {
         let mut m = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut forgotten = Vec::new();
+        m.retain(|s, p| {
+            let keep = p.changed
+                || p.viewers > 0
+                || p.empty_since
+                    .is_none_or(|t| now.duration_since(t) < FORGET_AFTER);
+            if !keep {
+                forgotten.push(s.clone());
+            }
+            keep
+        });
         let mut out = Vec::new();
         for (s, p) in m.iter_mut() {
             if p.changed {
@@ -82,7 +105,7 @@ impl Viewers {
                 ));
             }
         }
-        out
+        (out, forgotten)
     }
 }
 
@@ -101,7 +124,11 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
-        for (stream, presence) in viewers.changed() {
+        let (changed, forgotten) = viewers.changed(Instant::now());
+        for stream in forgotten {
+            board.remove(&stream);
+        }
+        for (stream, presence) in changed {
             board.set(&stream, presence);
             let payload = serde_json::to_vec(&presence).unwrap_or_default();
             let delivery = Delivery::Topic {
@@ -127,7 +154,8 @@ mod tests {
         v.join(&s, &a);
         v.join(&s, &a); // a second connection of the same user
         v.join(&s, &b);
-        let c = v.changed();
+        let now = Instant::now();
+        let (c, _) = v.changed(now);
         assert_eq!(
             c,
             vec![(
@@ -138,16 +166,26 @@ mod tests {
                 }
             )]
         );
-        assert!(v.changed().is_empty(), "nothing changed since");
+        assert!(v.changed(now).0.is_empty(), "nothing changed since");
         v.leave(&s);
         v.leave(&s);
         v.leave(&s);
         assert_eq!(
-            v.changed()[0].1,
+            v.changed(now).0[0].1,
             Presence {
                 viewers: 0,
                 unique: 2
             }
         );
+        let (c, forgotten) = v.changed(Instant::now() + FORGET_AFTER / 2);
+        assert!(c.is_empty() && forgotten.is_empty(), "kept a while");
+        let (_, forgotten) = v.changed(Instant::now() + FORGET_AFTER * 2);
+        assert_eq!(
+            forgotten,
+            vec![s.clone()],
+            "forgotten after long without viewers"
+        );
+        v.join(&s, &a);
+        assert_eq!(v.changed(Instant::now()).0[0].1.unique, 1, "counted afresh");
     }
 }

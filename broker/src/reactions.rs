@@ -115,72 +115,122 @@ impl Reactions {
             l.shrink_to_fit();
         }
     }
-}
 
-/// Flushes the window every `window_ms` until `stop`, and once more at the end.
-pub(crate) async fn run(
-    reactions: Arc<Reactions>,
-    window_ms: u64,
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(window_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds: u64 = 0;
-    loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = stop.cancelled() => true,
-        };
-        flush(&reactions, window_ms, &*store, &*bus).await;
-        rounds += 1;
-        if rounds % 120 == 0 {
-            reactions.forget_idle_users();
+    /// Puts a window that could not be stored back, to go out with the next one.
+    fn restore(
+        &self,
+        stream: &StreamId,
+        counts: BTreeMap<String, u64>,
+        likes: Option<BTreeMap<String, u64>>,
+    ) {
+        if !counts.is_empty() {
+            let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = w.entry(stream.clone()).or_default();
+            for (emoji, n) in counts {
+                *entry.entry(emoji).or_default() += n;
+            }
         }
-        if stopping {
-            break;
+        if let Some(older) = likes {
+            let mut l = self.likes.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = l.entry(stream.clone()).or_default();
+            for (comment, n) in older {
+                // A newer count that arrived meanwhile wins.
+                entry.entry(comment).or_insert(n);
+            }
         }
     }
 }
 
-async fn flush(reactions: &Reactions, window_ms: u64, store: &dyn Store, bus: &dyn Bus) {
-    let (counts, mut likes) = reactions.take();
-    let mut streams: Vec<StreamId> = counts.keys().chain(likes.keys()).cloned().collect();
-    streams.sort();
-    streams.dedup();
-    for stream in streams {
-        let window: BTreeMap<String, u64> = counts
-            .get(&stream)
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default();
-        let pairs: Vec<(String, u64)> = window.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let totals = if pairs.is_empty() {
-            store.reaction_totals(&stream).await
-        } else {
-            store.add_reactions(&stream, &pairs).await
-        };
-        let totals: BTreeMap<String, u64> = match totals {
-            Ok(t) => t.into_iter().collect(),
-            Err(e) => {
-                tracing::error!(error = %e, %stream, "storing reaction totals failed");
-                continue;
-            }
-        };
-        let mut frame = serde_json::json!({
-            "window_ms": window_ms,
-            "counts": window,
-            "totals": totals,
-        });
-        if let Some(l) = likes.remove(&stream) {
-            frame["likes"] = serde_json::json!(l);
+/// Stores and publishes the windows of a [`Reactions`].
+pub(crate) struct Flusher {
+    pub(crate) reactions: Arc<Reactions>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    window_ms: u64,
+    /// One flush at a time: the relay's final flush waits for a periodic one in progress, so
+    /// that one's frames are on the bus before the relay drains it for the last time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Flusher {
+    pub(crate) fn new(
+        reactions: Arc<Reactions>,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        window_ms: u64,
+    ) -> Flusher {
+        Flusher {
+            reactions,
+            store,
+            bus,
+            window_ms,
+            running: tokio::sync::Mutex::new(()),
         }
-        let delivery = Delivery::Topic {
-            topic: topics::reactions(&stream),
-            payload: Bytes::from(frame.to_string()),
-        };
-        if let Err(e) = bus.deliver(delivery).await {
-            tracing::warn!(error = %e, "publishing reactions failed");
+    }
+
+    /// Adds the window's counts to the stored totals and publishes one frame per stream that
+    /// had reactions or new like counts. A window whose totals could not be stored is kept
+    /// for the next flush.
+    pub(crate) async fn flush(&self) {
+        let _one = self.running.lock().await;
+        let (counts, mut likes) = self.reactions.take();
+        let mut streams: Vec<StreamId> = counts.keys().chain(likes.keys()).cloned().collect();
+        streams.sort();
+        streams.dedup();
+        for stream in streams {
+            let window: BTreeMap<String, u64> = counts
+                .get(&stream)
+                .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            let pairs: Vec<(String, u64)> = window.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let totals = if pairs.is_empty() {
+                self.store.reaction_totals(&stream).await
+            } else {
+                self.store.add_reactions(&stream, &pairs).await
+            };
+            let totals: BTreeMap<String, u64> = match totals {
+                Ok(t) => t.into_iter().collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, %stream, "storing reaction totals failed; kept for the next window");
+                    self.reactions
+                        .restore(&stream, window, likes.remove(&stream));
+                    continue;
+                }
+            };
+            let mut frame = serde_json::json!({
+                "window_ms": self.window_ms,
+                "counts": window,
+                "totals": totals,
+            });
+            if let Some(l) = likes.remove(&stream) {
+                frame["likes"] = serde_json::json!(l);
+            }
+            let delivery = Delivery::Topic {
+                topic: topics::reactions(&stream),
+                payload: Bytes::from(frame.to_string()),
+            };
+            if let Err(e) = self.bus.deliver(delivery).await {
+                tracing::warn!(error = %e, "publishing reactions failed");
+            }
+        }
+    }
+}
+
+/// Flushes the window every `window_ms` until `stop`. The last flush is the relay's, after
+/// the write path has drained (its like counts are in it).
+pub(crate) async fn run(flusher: Arc<Flusher>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(flusher.window_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        flusher.flush().await;
+        rounds += 1;
+        if rounds % 120 == 0 {
+            flusher.reactions.forget_idle_users();
         }
     }
 }

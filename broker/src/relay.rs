@@ -29,7 +29,7 @@ use wire::event::encode_frame;
 use wire::time::now_ms;
 use wire::{topics, StreamId};
 
-use crate::reactions::Reactions;
+use crate::reactions::Flusher;
 use crate::registry::Registry;
 use crate::router;
 use crate::DeliveryConfig;
@@ -51,6 +51,8 @@ struct Pending {
     bucket_count: u32,
     /// Fraction of droppable events kept (1.0: no sampling).
     keep_fraction: f64,
+    /// Sampling is on: from a second above the threshold until one below 80 % of it.
+    sampling: bool,
 }
 
 impl Default for Pending {
@@ -63,6 +65,7 @@ impl Default for Pending {
             bucket_start: Instant::now(),
             bucket_count: 0,
             keep_fraction: 1.0,
+            sampling: false,
         }
     }
 }
@@ -73,7 +76,7 @@ const RATE_BUCKET: Duration = Duration::from_secs(1);
 struct Relay {
     link: LinkTx,
     registry: Arc<Registry>,
-    reactions: Arc<Reactions>,
+    reactions: Arc<Flusher>,
     sampling_threshold: f64,
     window: Duration,
     max_frame_events: usize,
@@ -81,13 +84,15 @@ struct Relay {
     streams: HashMap<StreamId, Pending>,
     timers: BinaryHeap<Reverse<(Instant, StreamId)>>,
     touched: Vec<StreamId>,
+    /// The version of the last retained message published per topic.
+    retained_versions: HashMap<String, u64>,
 }
 
 pub(crate) async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     (link, link_rx): (LinkTx, LinkRx),
     registry: Arc<Registry>,
-    reactions: Arc<Reactions>,
+    reactions: Arc<Flusher>,
     config: DeliveryConfig,
     stop: CancellationToken,
 ) {
@@ -105,6 +110,7 @@ pub(crate) async fn run(
         streams: HashMap::new(),
         timers: BinaryHeap::new(),
         touched: Vec::new(),
+        retained_versions: HashMap::new(),
     };
     let mut rates = tokio::time::interval(RATE_BUCKET);
     rates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,7 +135,13 @@ pub(crate) async fn run(
             }
             _ = sleep_until_opt(next_due) => relay.flush_due(),
             _ = stop.cancelled() => {
-                // Publish everything already queued, then stop.
+                // Publish everything already queued (the like counts from the drained write
+                // path among it), the last reactions window, then stop. With a shared bus the
+                // last window reaches the other nodes; this node's clients are closing.
+                while let Ok(d) = deliveries.try_recv() {
+                    relay.take(d);
+                }
+                relay.reactions.flush().await;
                 while let Ok(d) = deliveries.try_recv() {
                     relay.take(d);
                 }
@@ -160,17 +172,16 @@ fn remeasure(p: &mut Pending, threshold: f64, now: Instant) -> Option<Bytes> {
     let incoming = f64::from(p.bucket_count) / elapsed.as_secs_f64();
     p.bucket_count = 0;
     p.bucket_start = now;
-    let before = p.keep_fraction;
-    p.keep_fraction = if incoming > threshold {
-        threshold / incoming
-    } else if incoming < threshold * 0.8 {
-        // A little below the threshold before sampling ends, so it does not flap.
-        1.0
+    let (before, was_sampling) = (p.keep_fraction, p.sampling);
+    // On above the threshold, off a little below it, so it does not flap; while on, the
+    // fraction follows the rate (an event rate between 80 % and 100 % keeps everything).
+    p.sampling = incoming > threshold || (p.sampling && incoming >= threshold * 0.8);
+    p.keep_fraction = if p.sampling {
+        (threshold / incoming).min(1.0)
     } else {
-        before
+        1.0
     };
-    let changed =
-        (p.keep_fraction - before).abs() > 0.05 || (before < 1.0) != (p.keep_fraction < 1.0);
+    let changed = (p.keep_fraction - before).abs() > 0.05 || was_sampling != p.sampling;
     changed.then(|| {
         let rate = (p.keep_fraction * 100.0).round() / 100.0;
         Bytes::from(format!(
@@ -219,7 +230,9 @@ impl Relay {
                     tracing::error!(error = %e, "publishing a message failed");
                 }
             }
-            Delivery::Likes { stream, counts } => self.reactions.note_likes(stream, counts),
+            Delivery::Likes { stream, counts } => {
+                self.reactions.reactions.note_likes(stream, counts)
+            }
             Delivery::Inbox { user, payload } => {
                 self.registry
                     .deliver(&user, &topics::inbox(&user), &payload);
@@ -231,12 +244,22 @@ impl Relay {
             } => {
                 self.registry.deliver(&user, &topic, &payload);
             }
-            Delivery::Retained { topic, payload } => {
+            Delivery::Retained {
+                topic,
+                payload,
+                version,
+            } => {
                 if payload.is_empty() {
                     // An empty retained payload would delete the retained message.
                     tracing::warn!(%topic, "refusing to publish an empty retained message");
                     return;
                 }
+                let last = self.retained_versions.entry(topic.clone()).or_default();
+                if version < *last {
+                    tracing::debug!(%topic, version, last = *last, "dropping an older retained message");
+                    return;
+                }
+                *last = version;
                 // A full packet (unlike `publish`) keeps the retain flag.
                 let publish = RPublish::new(Bytes::from(topic), payload, true);
                 let packet = RPacket::Publish(publish, None);
@@ -351,5 +374,35 @@ impl Relay {
         for r in received {
             h.record((now - r).max(0) as f64 / 1000.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One second of `rate` events into `p`, returning the notice's rate if one was sent.
+    fn second(p: &mut Pending, rate: u32, threshold: f64) -> Option<String> {
+        p.bucket_start = Instant::now() - RATE_BUCKET;
+        p.bucket_count = rate;
+        remeasure(p, threshold, Instant::now()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn sampling_follows_the_rate_and_ends_below_the_band() {
+        let mut p = Pending::default();
+        assert!(second(&mut p, 40, 50.0).is_none());
+        assert_eq!(p.keep_fraction, 1.0);
+        let n = second(&mut p, 250, 50.0).expect("sampling starts");
+        assert!(n.contains(r#""rate":0.2"#), "{n}");
+        // Inside the band (80-100 % of the threshold): everything is kept, sampling stays on.
+        second(&mut p, 45, 50.0);
+        assert_eq!(p.keep_fraction, 1.0);
+        assert!(p.sampling);
+        second(&mut p, 100, 50.0);
+        assert!((p.keep_fraction - 0.5).abs() < 0.01);
+        let n = second(&mut p, 30, 50.0).expect("sampling ends");
+        assert!(n.contains(r#""rate":1"#), "{n}");
+        assert!(!p.sampling);
     }
 }

@@ -215,6 +215,44 @@ pub fn is_emoji(c: char) -> bool {
         | 0xFE0F | 0x200D | 0xE0020..=0xE007F)
 }
 
+/// Whether a text is only emoji and spaces (a chat in emote-only mode). Decided per
+/// grapheme against the Unicode emoji list (the `emojis` crate): keycaps, flags, ZWJ
+/// sequences, skin tones and text-style symbols such as © count, while letter-like symbols
+/// from the emoji blocks (🅷, a lone regional indicator) do not.
+pub fn is_emote_only(text: &str) -> bool {
+    let mut any = false;
+    for g in text.graphemes(true) {
+        if g.chars().all(char::is_whitespace) {
+            continue;
+        }
+        any = true;
+        if !is_emoji_grapheme(g) {
+            return false;
+        }
+    }
+    any
+}
+
+/// One grapheme that is an emoji, with or without its variation selector.
+pub fn is_emoji_grapheme(g: &str) -> bool {
+    if emojis::get(g).is_some() {
+        return true;
+    }
+    if g.contains('\u{FE0F}') {
+        let bare: String = g.chars().filter(|&c| c != '\u{FE0F}').collect();
+        return emojis::get(&bare).is_some();
+    }
+    // A text-style symbol written without its selector (©, ™, ☺); never plain ASCII (a
+    // digit is only an emoji as part of a keycap).
+    if g.is_ascii() {
+        return false;
+    }
+    let mut qualified = String::with_capacity(g.len() + 3);
+    qualified.push_str(g);
+    qualified.push('\u{FE0F}');
+    emojis::get(&qualified).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +406,27 @@ mod tests {
         for ok in ["🇧🇷🇧🇷🇧🇷🇧🇷🇧🇷🇧🇷", "👏🏽👏🏽👏🏽👏🏽👏🏽👏🏽", "👨‍👩‍👧‍👦👨‍👩‍👧‍👦"]
         {
             assert_eq!(rules.check(&v, ok), None, "{ok} is a few emoji, not a wall");
+        }
+    }
+
+    #[test]
+    fn emote_only_goes_by_the_emoji_list() {
+        for ok in [
+            "🔥",
+            "🔥 👍🏽 ❤️",
+            "1️⃣",
+            "©",
+            "™️",
+            "🇺🇸",
+            "👨‍👩‍👧",
+            "🅾️",
+            "  😀  ",
+        ] {
+            assert!(is_emote_only(ok), "{ok:?} is only emoji");
+        }
+        for bad in ["🅷🅴🅻🅻🅾 🆆🅾🆁🅻🅳", "hi 🔥", "1", "🇺", "", "   ", "🔥a"]
+        {
+            assert!(!is_emote_only(bad), "{bad:?} is not only emoji");
         }
     }
 }

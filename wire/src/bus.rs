@@ -102,7 +102,13 @@ pub enum Delivery {
     /// One message for `users/{user}/inbox`.
     Inbox { user: UserId, payload: Bytes },
     /// A retained message (e.g. `streams/{stream}/state`). Payload is never empty.
-    Retained { topic: String, payload: Bytes },
+    /// `version` is the stream record's: publishes of concurrent changes can arrive out of
+    /// order, and a node drops one older than the last it published on the topic.
+    Retained {
+        topic: String,
+        payload: Bytes,
+        version: u64,
+    },
     /// A message for one user's connections that subscribed to `topic` (a shadow-banned
     /// author's own comments, which nobody else receives).
     Private {
@@ -118,6 +124,7 @@ impl Delivery {
         Delivery::Retained {
             topic: topics::state(&state.id),
             payload: Bytes::from(serde_json::to_vec(state).unwrap_or_default()),
+            version: state.version,
         }
     }
 
@@ -128,6 +135,7 @@ impl Delivery {
         Delivery::Retained {
             topic: topics::pinned(&state.id),
             payload: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            version: state.version,
         }
     }
 }

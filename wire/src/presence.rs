@@ -12,8 +12,8 @@ use crate::ids::StreamId;
 pub struct Presence {
     /// Clients subscribed to the stream now.
     pub viewers: u64,
-    /// Distinct users seen since the stream started (HyperLogLog estimate; since this node
-    /// started in the embedded mode).
+    /// Distinct users seen since the stream started (HyperLogLog estimate; in the embedded
+    /// mode, since this node started, and forgotten after 10 minutes without viewers).
     pub unique: u64,
 }
 
@@ -25,6 +25,12 @@ impl PresenceBoard {
     pub fn set(&self, stream: &StreamId, presence: Presence) {
         if let Ok(mut m) = self.0.write() {
             m.insert(stream.clone(), presence);
+        }
+    }
+
+    pub fn remove(&self, stream: &StreamId) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(stream);
         }
     }
 

@@ -169,7 +169,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(String, u64)>, StoreError>;
     async fn reaction_totals(&self, stream: &StreamId) -> Result<Vec<(String, u64)>, StoreError>;
     /// Applies likes and unlikes in one transaction; a second like and an unlike without a
-    /// like change nothing, nor do likes of unknown comments. Returns, per change, the
+    /// like change nothing, nor do likes of unknown or removed comments. Returns, per change, the
     /// comment's new like count when it changed.
     async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError>;
     /// Likes and direct replies of each comment, in order.
@@ -202,6 +202,15 @@ pub trait Store: Send + Sync + 'static {
         from_ms: u64,
         to_ms: u64,
         after: Option<ReplayCursor>,
+        limit: usize,
+    ) -> Result<Vec<Comment>, StoreError>;
+    /// The newest visible comments with `from_ms <= offset_ms < to_ms`, newest first, at
+    /// most `limit` (the candidates of a `top` ranking, where recent comments weigh most).
+    async fn latest(
+        &self,
+        stream: &StreamId,
+        from_ms: u64,
+        to_ms: u64,
         limit: usize,
     ) -> Result<Vec<Comment>, StoreError>;
     /// Events with `seq > after_seq`, ascending, at most `limit`: visible comments,

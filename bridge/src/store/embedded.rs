@@ -205,14 +205,7 @@ fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<
                     replies
                         .insert((s, parent.as_str(), seq), ())
                         .map_err(backend)?;
-                    let n = reply_counts
-                        .get((s, parent.as_str()))
-                        .map_err(backend)?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    reply_counts
-                        .insert((s, parent.as_str()), n + 1)
-                        .map_err(backend)?;
+                    add_reply_count(&mut reply_counts, s, c, 1)?;
                 }
             }
             StoredEvent::Retract {
@@ -233,7 +226,11 @@ fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<
                     actor: actor.clone(),
                     at: *at,
                 };
-                set_visibility(&mut events, s, *comment_seq, v)?;
+                let old = set_visibility(&mut events, s, *comment_seq, v)?;
+                if old.visibility == Visibility::Visible {
+                    // A removed reply stops counting for its parent (`top` weighs replies).
+                    add_reply_count(&mut reply_counts, s, &old, -1)?;
+                }
             }
             StoredEvent::Restore {
                 stream,
@@ -245,7 +242,10 @@ fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<
                 events
                     .insert((s, *seq), bytes.as_slice())
                     .map_err(backend)?;
-                set_visibility(&mut events, s, *comment_seq, Visibility::Visible)?;
+                let old = set_visibility(&mut events, s, *comment_seq, Visibility::Visible)?;
+                if old.visibility != Visibility::Visible {
+                    add_reply_count(&mut reply_counts, s, &old, 1)?;
+                }
             }
         }
     }
@@ -343,14 +343,41 @@ fn set_visibility(
     stream: &str,
     seq: u64,
     visibility: Visibility,
-) -> Result<(), StoreError> {
-    let mut c = comment_at(events, stream, seq)?
+) -> Result<StoredComment, StoreError> {
+    let old = comment_at(events, stream, seq)?
         .ok_or_else(|| corrupt(format!("no comment at seq {seq} of {stream}")))?;
+    let mut c = old.clone();
     c.visibility = visibility;
     let bytes = json(&StoredEvent::Comment(c))?;
     events
         .insert((stream, seq), bytes.as_slice())
         .map_err(backend)?;
+    Ok(old)
+}
+
+/// Counts a reply for its parent (`delta` 1) or stops counting it (-1); no-op for a
+/// top-level comment.
+fn add_reply_count(
+    counts: &mut redb::Table<(&'static str, &'static str), u64>,
+    stream: &str,
+    c: &StoredComment,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let Some(parent) = &c.comment.reply_to else {
+        return Ok(());
+    };
+    let key = (stream, parent.as_str());
+    let n = counts
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let n = n.saturating_add_signed(delta);
+    if n == 0 {
+        counts.remove(key).map_err(backend)?;
+    } else {
+        counts.insert(key, n).map_err(backend)?;
+    }
     Ok(())
 }
 
@@ -589,6 +616,40 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn latest(
+        &self,
+        stream: &StreamId,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Comment>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |tx| {
+            let by_time = tx.open_table(BY_TIME).map_err(backend)?;
+            let events = tx.open_table(EVENTS).map_err(backend)?;
+            let s = stream.as_str();
+            let mut out = Vec::new();
+            for row in by_time
+                .range::<(&str, u64, u64)>((s, from_ms, 0)..(s, to_ms, 0))
+                .map_err(backend)?
+                .rev()
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = row.map_err(backend)?;
+                let (_, _, seq) = k.value();
+                let c = comment_at(&events, s, seq)?
+                    .ok_or_else(|| corrupt(format!("time index points at missing seq {seq}")))?;
+                if c.visibility == Visibility::Visible {
+                    out.push(with_counts(tx, c.comment)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn after_seq(
         &self,
         stream: &StreamId,
@@ -683,12 +744,20 @@ impl Store for EmbeddedStore {
         let changes = changes.to_vec();
         self.write(move |tx| {
             let ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+            let events = tx.open_table(EVENTS).map_err(backend)?;
             let mut likes = tx.open_table(LIKES).map_err(backend)?;
             let mut counts = tx.open_table(LIKE_COUNTS).map_err(backend)?;
             let mut out = Vec::with_capacity(changes.len());
             for ch in &changes {
                 let (s, c) = (ch.stream.as_str(), ch.comment_id.as_str());
-                if ids.get((s, c)).map_err(backend)?.is_none() {
+                let Some(seq) = ids.get((s, c)).map_err(backend)?.map(|v| v.value()) else {
+                    out.push(None);
+                    continue;
+                };
+                // Likes on a removed comment would keep it ranked and leak its id.
+                let visible = comment_at(&events, s, seq)?
+                    .is_some_and(|sc| sc.visibility == Visibility::Visible);
+                if !visible {
                     out.push(None);
                     continue;
                 }
@@ -1059,6 +1128,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rest.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![5, 6]);
+        // The newest of a window, newest first.
+        let newest = store.latest(&s1, 300, 700, 3).await.unwrap();
+        assert_eq!(
+            newest.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            vec![6, 5, 4]
+        );
 
         let after = store.after_seq(&s1, 8, 100).await.unwrap();
         assert_eq!(seqs(&after), vec![9, 10]);

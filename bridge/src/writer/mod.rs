@@ -25,9 +25,8 @@ use crate::{BridgeConfig, BridgeDeps, Job};
 /// How stale a cached "live" answer may be before the writer looks at the store again.
 const LIVE_CACHE: Duration = Duration::from_secs(1);
 
-/// Numbering state of one stream.
+/// Timeline state of one stream in this writer.
 struct Cursor {
-    last_seq: u64,
     last_offset_ms: u64,
 }
 
@@ -99,8 +98,9 @@ impl Writer {
         tracing::info!("write path drained");
     }
 
-    /// Runs of posts are stored together (group commit); anything else goes one by one, in
-    /// arrival order.
+    /// Posts between two barriers are stored together (group commit), then the likes between
+    /// them (one transaction); reports and moderator actions are barriers, handled one by one
+    /// in arrival order.
     async fn process(&mut self, jobs: Vec<Job>) {
         let mut posts = Vec::new();
         let mut likes = Vec::new();
@@ -116,12 +116,10 @@ impl Writer {
             match job {
                 Job::Submit {
                     submission, reply, ..
-                } if submission.kind == SubmissionKind::Post => {
-                    self.flush_likes(&mut likes).await;
-                    posts.push((submission, reply))
-                }
+                } if submission.kind == SubmissionKind::Post => posts.push((submission, reply)),
+                // Likes do not flush the posts (that would cost a commit per post under like
+                // traffic); posts go first, so a like of a comment in the same batch finds it.
                 Job::Submit { submission, .. } if submission.kind == SubmissionKind::Like => {
-                    self.flush_posts(&mut posts).await;
                     likes.push(submission);
                 }
                 Job::Submit {
@@ -234,56 +232,45 @@ impl Writer {
             .to_string()
     }
 
-    async fn cursor(&mut self, stream: &StreamId) -> Result<&mut Cursor, StoreError> {
-        if !self.cursors.contains_key(stream) {
-            let last_seq = self.deps.store.last_seq(stream).await?;
-            self.cursors.insert(
-                stream.clone(),
-                Cursor {
-                    last_seq,
-                    last_offset_ms: 0,
-                },
-            );
-        }
-        Ok(self
-            .cursors
-            .get_mut(stream)
-            .expect("cursor inserted just above"))
-    }
-
-    /// The next `seq` of a stream.
+    /// The stream's next `seq`.
     async fn next_seq(&mut self, stream: &StreamId) -> Result<u64, StoreError> {
-        let c = self.cursor(stream).await?;
-        c.last_seq += 1;
-        Ok(c.last_seq)
+        self.deps.sequencer.next(stream, &*self.deps.store).await
     }
 
-    /// The next `seq` and `offset_ms` for a comment accepted `now`.
-    async fn number(&mut self, stream: &StreamState, now: i64) -> Result<(u64, u64), StoreError> {
+    /// `offset_ms` for a comment accepted `now`: time since the stream started, never less
+    /// than this writer's previous one for the stream.
+    fn offset(&mut self, stream: &StreamState, now: i64) -> u64 {
         let started = stream.started_at.unwrap_or(now);
-        let c = self.cursor(&stream.id).await?;
-        let offset_ms = u64::try_from(now - started)
+        let c = self
+            .cursors
+            .entry(stream.id.clone())
+            .or_insert(Cursor { last_offset_ms: 0 });
+        c.last_offset_ms = u64::try_from(now - started)
             .unwrap_or(0)
             .max(c.last_offset_ms);
-        c.last_seq += 1;
-        c.last_offset_ms = offset_ms;
-        Ok((c.last_seq, offset_ms))
+        c.last_offset_ms
+    }
+
+    /// The next `seq` and the `offset_ms` for a comment accepted `now`.
+    async fn number(&mut self, stream: &StreamState, now: i64) -> Result<(u64, u64), StoreError> {
+        let seq = self.next_seq(&stream.id).await?;
+        Ok((seq, self.offset(stream, now)))
     }
 
     /// The stream's latest `seq` and the `offset_ms` for `now`, taking no new `seq`: for
     /// comments of shadow-banned users, which stay out of the public sequence.
     async fn peek(&mut self, stream: &StreamState, now: i64) -> Result<(u64, u64), StoreError> {
-        let started = stream.started_at.unwrap_or(now);
-        let c = self.cursor(&stream.id).await?;
-        let offset_ms = u64::try_from(now - started)
-            .unwrap_or(0)
-            .max(c.last_offset_ms);
-        Ok((c.last_seq, offset_ms))
+        let seq = self
+            .deps
+            .sequencer
+            .current(&stream.id, &*self.deps.store)
+            .await?;
+        Ok((seq, self.offset(stream, now)))
     }
 
-    /// After a failed write nothing was stored: numbering restarts from the store.
+    /// After a failed write nothing was stored: numbering may resume from the store.
     fn forget_cursor(&mut self, stream: &StreamId) {
-        self.cursors.remove(stream);
+        self.deps.sequencer.forget(stream);
     }
 
     /// The stream's record if it accepts comments now.

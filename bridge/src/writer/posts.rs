@@ -38,6 +38,9 @@ struct Fresh {
     notify: Option<UserId>,
     /// Sampling never drops it (broadcaster, moderators, replies).
     keep: bool,
+    /// The author's previous post time for slow mode, put back if this post is not stored
+    /// (so the retry the client is told to make is not refused as too soon).
+    prev_post: Option<Instant>,
 }
 
 impl Writer {
@@ -259,8 +262,9 @@ impl Writer {
         }
         let shadow = !active.is_empty();
         let a = &sub.author;
-        let exempt = matches!(a.role, Role::Broadcaster | Role::Moderator | Role::Admin)
-            || stream.owner.as_ref() == Some(&a.id);
+        // Only this stream's broadcaster is exempt, not broadcasters of other streams.
+        let exempt =
+            matches!(a.role, Role::Moderator | Role::Admin) || stream.owner.as_ref() == Some(&a.id);
 
         // Chat settings of the stream (its broadcaster and moderators are exempt).
         let settings = stream.settings;
@@ -275,7 +279,7 @@ impl Writer {
                         "this chat is for subscribers only",
                     ))
                 }
-                ChatMode::EmoteOnly if is_emote_only(&post.text) => {}
+                ChatMode::EmoteOnly if moderation::rules::is_emote_only(&post.text) => {}
                 ChatMode::EmoteOnly => {
                     return Err(Rejected::new(
                         id,
@@ -346,10 +350,11 @@ impl Writer {
             }
         }
 
-        self.last_post.insert(key, Instant::now());
+        let prev_post = self.last_post.insert(key, Instant::now());
         let keep = exempt || post.reply_to.is_some();
         Ok(Admit::Fresh(Box::new(Fresh {
             index: 0,
+            prev_post,
             post,
             stream,
             shadow,
@@ -394,7 +399,14 @@ impl Writer {
             .find_comment(stream, &ancestor_id)
             .await
             .map_err(|_| unavailable(id.clone()))?
-            .ok_or_else(missing)?;
+            .filter(|c| c.visibility == Visibility::Visible)
+            .ok_or_else(|| {
+                Rejected::new(
+                    id.clone(),
+                    RejectCode::Invalid,
+                    format!("reply_to: the thread {parent_id} belongs to was removed"),
+                )
+            })?;
         post.reply_to = Some(ancestor_id);
         Ok((post, ancestor.depth + 1, Some(ancestor.comment.user.id)))
     }
@@ -475,6 +487,8 @@ impl Writer {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, stream = %sub.stream, "reading the last seq failed");
+                    let key = (sub.stream.clone(), sub.author.id.clone());
+                    self.undo_slow_mode(key, f.prev_post);
                     failed.push((f.index, f.post.client_msg_id.clone()));
                     continue;
                 }
@@ -524,11 +538,27 @@ impl Writer {
             Ok(()) => (meta, failed, true),
             Err(e) => {
                 tracing::error!(error = %e, count, "storing comments failed");
-                for (index, c, _) in meta {
+                for (index, c, f) in meta {
                     self.forget_cursor(&c.comment.stream);
+                    let key = (c.comment.stream.clone(), c.comment.user.id.clone());
+                    self.undo_slow_mode(key, f.prev_post);
                     failed.push((index, c.client_msg_id));
                 }
                 (Vec::new(), failed, false)
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Puts back the author's slow-mode time from before a post that was not stored.
+    fn undo_slow_mode(&mut self, key: (StreamId, UserId), prev: Option<Instant>) {
+        match prev {
+            Some(t) => {
+                self.last_post.insert(key, t);
+            }
+            None => {
+                self.last_post.remove(&key);
             }
         }
     }
@@ -545,13 +575,6 @@ struct Hold {
     item: QueueItem,
     audit: AuditEntry,
     answer: Held,
-}
-
-/// Whether a text is only emoji (and spaces).
-fn is_emote_only(text: &str) -> bool {
-    text.chars()
-        .filter(|c| !c.is_whitespace())
-        .all(moderation::rules::is_emoji)
 }
 
 fn held_answer(client_msg_id: String, item: String, message: &str) -> Held {

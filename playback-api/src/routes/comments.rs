@@ -159,14 +159,9 @@ async fn list(
             state.max_page
         )));
     }
-    if state
-        .streams
-        .get(&id, Duration::from_secs(60))
-        .await?
-        .is_none()
-    {
+    let Some(record) = state.streams.get(&id, Duration::from_secs(60)).await? else {
         return Err(ApiError::NotFound(format!("stream {id} does not exist")));
-    }
+    };
     let token = match &q.pagination_token {
         Some(t) => Some(
             Token::decode(t)
@@ -210,8 +205,12 @@ async fn list(
                 if after.is_some() {
                     return Err(ApiError::bad_request("order=top returns one page"));
                 }
-                let mut page = store.replay(&id, from, to, None, 10_000).await?;
-                super::engagement::rank(&mut page, now_ms());
+                let mut page = store
+                    .latest(&id, from, to, super::engagement::MAX_RANKED)
+                    .await?;
+                // An ended stream ranks as of its end (a cached record may not know it ended
+                // yet; then it ranks as of now, as a live one does).
+                super::engagement::rank(&mut page, record.ended_at.unwrap_or_else(now_ms));
                 page.truncate(limit);
                 return Ok(Json(Page {
                     stream: id.to_string(),

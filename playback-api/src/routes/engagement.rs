@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Comments looked at to rank a top list (the newest ones of the window win beyond it).
-const MAX_RANKED: usize = 10_000;
+pub(crate) const MAX_RANKED: usize = 10_000;
 
 pub(crate) async fn stream(state: &AppState, id: &StreamId) -> Result<StreamState, ApiError> {
     state
@@ -118,8 +118,9 @@ async fn top(
     let to = u64::try_from(end - started).unwrap_or(0) + 1;
     let from = to.saturating_sub(window_ms + 1);
     let store = state.streams.store();
-    let mut comments = store.replay(&id, from, to, None, MAX_RANKED).await?;
-    rank(&mut comments, now);
+    let mut comments = store.latest(&id, from, to, MAX_RANKED).await?;
+    // An ended stream ranks as of its end, so its ranking does not drift afterwards.
+    rank(&mut comments, end);
     comments.truncate(limit);
     Ok(Json(TopPage {
         stream: id.to_string(),

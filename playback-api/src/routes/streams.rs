@@ -264,6 +264,33 @@ async fn pin(
     let Some((s, changed)) = updated else {
         return Err(ApiError::NotFound(format!("stream {id} does not exist")));
     };
+    // A retraction that committed between the check above and the pin found nothing pinned
+    // to take down; look again now that the pin is stored, and take it down here.
+    let still_visible = state
+        .streams
+        .store()
+        .find_comment(&id, &comment_id)
+        .await?
+        .is_some_and(|c| c.visibility == Visibility::Visible);
+    if !still_visible {
+        let undone = state
+            .streams
+            .update(&id, |s| {
+                let ours = s.pinned.as_ref().is_some_and(|c| c.id == comment_id);
+                if ours {
+                    s.pinned = None;
+                }
+                Ok::<_, ApiError>(ours)
+            })
+            .await?;
+        if let Some((s, true)) = undone {
+            publish_pin(&state, &s).await;
+        }
+        return Err(ApiError::Conflict {
+            code: "removed",
+            message: format!("comment {comment_id} was removed while it was being pinned"),
+        });
+    }
     if changed {
         publish_pin(&state, &s).await;
         audit(&state, &caller, "pin", &s.id, Some(comment_id), "").await;

@@ -1,0 +1,448 @@
+//! The Redis bus of a cluster.
+//!
+//! - **Submissions** (node → write path) go on one Redis Stream, `{prefix}:submissions`, read
+//!   by the consumer group `bridges`: bridges share the load, an entry is acknowledged (and
+//!   deleted) only after it was answered, and entries a crashed bridge left pending are claimed
+//!   by another after `claim_idle_ms` (`XAUTOCLAIM`). Redelivery is harmless: the
+//!   `client_msg_id` de-duplication answers a retry with the first answer.
+//! - **Deliveries** (write path → nodes) go by pub/sub, one channel per stream
+//!   (`{prefix}:s:{stream}`) and per user (`{prefix}:u:{user}`, inbox answers). A node
+//!   subscribes while it has local viewers of a stream or connections of a user, and
+//!   unsubscribes `unwatch_linger_ms` after the last one left. After a lost connection it
+//!   reconnects with back-off and subscribes again to everything it watches.
+//!
+//! Messages are postcard-encoded `Submission`s and `Delivery`s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wire::bus::{Bus, BusError, Channel, Delivery, Received, Submission};
+
+/// `[bus]` settings used by the Redis bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedisBusConfig {
+    pub url: String,
+    /// Prefix of every key and channel, so several systems can share one Redis.
+    pub prefix: String,
+    /// A submission pending this long with a dead consumer is claimed by another.
+    pub claim_idle_ms: u64,
+    /// Unsubscribe from a channel this long after the last local interest ended.
+    pub unwatch_linger_ms: u64,
+    pub queue_capacity: usize,
+}
+
+const GROUP: &str = "bridges";
+const READ_COUNT: usize = 256;
+
+enum WatchCmd {
+    Watch(String),
+    Unwatch(String),
+}
+
+pub struct RedisBus {
+    client: redis::Client,
+    conn: ConnectionManager,
+    config: RedisBusConfig,
+    /// This process's consumer name in the group.
+    consumer: String,
+    watch_tx: mpsc::UnboundedSender<WatchCmd>,
+    deliveries: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    submissions_taken: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisBus {
+    /// Connects and starts the pub/sub task. `consumer` names this process in the group.
+    pub async fn connect(
+        config: RedisBusConfig,
+        consumer: String,
+        shutdown: CancellationToken,
+    ) -> Result<RedisBus, BusError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(unavailable)?;
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+        let (deliver_tx, deliver_rx) = mpsc::channel(config.queue_capacity);
+        tokio::spawn(pubsub_task(
+            client.clone(),
+            watch_rx,
+            deliver_tx,
+            Duration::from_millis(config.unwatch_linger_ms),
+            shutdown.clone(),
+        ));
+        Ok(RedisBus {
+            client,
+            conn,
+            config,
+            consumer,
+            watch_tx,
+            deliveries: Mutex::new(Some(deliver_rx)),
+            submissions_taken: AtomicBool::new(false),
+            shutdown,
+        })
+    }
+
+    fn stream_key(&self) -> String {
+        format!("{}:submissions", self.config.prefix)
+    }
+
+    fn channel_name(&self, channel: &Channel) -> String {
+        channel_name(&self.config.prefix, channel)
+    }
+}
+
+fn channel_name(prefix: &str, channel: &Channel) -> String {
+    match channel {
+        Channel::Stream(s) => format!("{prefix}:s:{s}"),
+        Channel::User(u) => format!("{prefix}:u:{u}"),
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn submit(&self, submission: Submission) -> Result<(), BusError> {
+        let bytes = postcard::to_allocvec(&submission).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let _: String = conn
+            .xadd(self.stream_key(), "*", &[("s", bytes)])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn take_submissions(&self) -> Result<mpsc::Receiver<Received>, BusError> {
+        if self.submissions_taken.swap(true, Ordering::SeqCst) {
+            return Err(BusError::AlreadyTaken("submissions"));
+        }
+        let (tx, rx) = mpsc::channel(self.config.queue_capacity);
+        tokio::spawn(consumer_task(
+            self.client.clone(),
+            self.stream_key(),
+            self.consumer.clone(),
+            Duration::from_millis(self.config.claim_idle_ms),
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(rx)
+    }
+
+    async fn confirm(&self, receipts: &[String]) -> Result<(), BusError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let key = self.stream_key();
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("XACK")
+            .arg(&key)
+            .arg(GROUP)
+            .arg(receipts)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&key)
+            .arg(receipts)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn deliver(&self, delivery: Delivery) -> Result<(), BusError> {
+        let Some(channel) = delivery.channel() else {
+            return Ok(());
+        };
+        let bytes = postcard::to_allocvec(&delivery).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .publish(self.channel_name(&channel), bytes)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn take_deliveries(&self) -> Result<mpsc::Receiver<Delivery>, BusError> {
+        self.deliveries
+            .lock()
+            .map_err(|_| BusError::Closed)?
+            .take()
+            .ok_or(BusError::AlreadyTaken("deliveries"))
+    }
+
+    fn watch(&self, channel: Channel) {
+        let _ = self
+            .watch_tx
+            .send(WatchCmd::Watch(self.channel_name(&channel)));
+    }
+
+    fn unwatch(&self, channel: Channel) {
+        let _ = self
+            .watch_tx
+            .send(WatchCmd::Unwatch(self.channel_name(&channel)));
+    }
+}
+
+/// Back-off between reconnection attempts: 100 ms doubling to 2 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(5)).min(2000))
+}
+
+/// Keeps one pub/sub connection subscribed to every watched channel and forwards messages.
+async fn pubsub_task(
+    client: redis::Client,
+    mut commands: mpsc::UnboundedReceiver<WatchCmd>,
+    deliveries: mpsc::Sender<Delivery>,
+    linger: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut watched: BTreeSet<String> = BTreeSet::new();
+    // Channels to leave at the given time unless watched again.
+    let mut leaving: HashMap<String, Instant> = HashMap::new();
+    let mut attempt = 0;
+    'connect: loop {
+        let pubsub = tokio::select! {
+            r = client.get_async_pubsub() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let (mut sink, mut stream) = match pubsub {
+            Ok(ps) => ps.split(),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis pub/sub unavailable; retrying");
+                metrics::counter!("livecomments_redis_reconnects_total").increment(1);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        for ch in &watched {
+            if let Err(e) = sink.subscribe(ch).await {
+                tracing::warn!(error = %e, "resubscribing failed; reconnecting");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue 'connect;
+            }
+        }
+        if attempt > 0 {
+            tracing::info!(channels = watched.len(), "redis pub/sub reconnected");
+        }
+        attempt = 0;
+        loop {
+            let next_leave = leaving.values().min().copied();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let r = match cmd {
+                        WatchCmd::Watch(ch) => {
+                            leaving.remove(&ch);
+                            if watched.insert(ch.clone()) {
+                                sink.subscribe(&ch).await
+                            } else {
+                                Ok(())
+                            }
+                        }
+                        WatchCmd::Unwatch(ch) => {
+                            leaving.insert(ch, Instant::now() + linger);
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "redis pub/sub failed; reconnecting");
+                        continue 'connect;
+                    }
+                }
+                _ = sleep_until_opt(next_leave) => {
+                    let now = Instant::now();
+                    let due: Vec<String> = leaving
+                        .iter()
+                        .filter(|(_, at)| **at <= now)
+                        .map(|(ch, _)| ch.clone())
+                        .collect();
+                    for ch in due {
+                        leaving.remove(&ch);
+                        watched.remove(&ch);
+                        if let Err(e) = sink.unsubscribe(&ch).await {
+                            tracing::warn!(error = %e, "redis pub/sub failed; reconnecting");
+                            continue 'connect;
+                        }
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        tracing::warn!("redis pub/sub connection lost; reconnecting");
+                        metrics::counter!("livecomments_redis_reconnects_total").increment(1);
+                        tokio::time::sleep(backoff(0)).await;
+                        continue 'connect;
+                    };
+                    match postcard::from_bytes::<Delivery>(msg.get_payload_bytes()) {
+                        Ok(d) => {
+                            if deliveries.send(d).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable delivery dropped"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the submission stream for the write path: new entries, and entries other
+/// consumers left pending too long.
+async fn consumer_task(
+    client: redis::Client,
+    key: String,
+    consumer: String,
+    claim_idle: Duration,
+    tx: mpsc::Sender<Received>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt = 0;
+    'connect: loop {
+        if tx.is_closed() || shutdown.is_cancelled() {
+            return;
+        }
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable for submissions; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        // The group may exist already (BUSYGROUP): fine.
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                tracing::warn!(error = %e, "creating the consumer group failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        }
+        attempt = 0;
+        let mut last_claim = Instant::now() - claim_idle;
+        loop {
+            if tx.is_closed() || shutdown.is_cancelled() {
+                return;
+            }
+            if last_claim.elapsed() >= claim_idle / 2 {
+                last_claim = Instant::now();
+                let claimed: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(&consumer)
+                    .arg(claim_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .query_async(&mut conn)
+                    .await;
+                match claimed {
+                    Ok(reply) => {
+                        if !reply.claimed.is_empty() {
+                            tracing::info!(
+                                count = reply.claimed.len(),
+                                "claimed pending submissions"
+                            );
+                            metrics::counter!("livecomments_submissions_claimed_total")
+                                .increment(reply.claimed.len() as u64);
+                        }
+                        if forward(&tx, reply.claimed).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming pending submissions failed");
+                        continue 'connect;
+                    }
+                }
+            }
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(500)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(">")
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(Some(reply)) => {
+                    for k in reply.keys {
+                        if forward(&tx, k.ids).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading submissions failed; reconnecting");
+                    tokio::time::sleep(backoff(0)).await;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
+async fn forward(
+    tx: &mpsc::Sender<Received>,
+    entries: Vec<redis::streams::StreamId>,
+) -> Result<(), ()> {
+    for entry in entries {
+        let Some(bytes) = entry.get::<Vec<u8>>("s") else {
+            continue;
+        };
+        match postcard::from_bytes::<Submission>(&bytes) {
+            Ok(submission) => tx
+                .send(Received {
+                    submission,
+                    receipt: Some(entry.id),
+                })
+                .await
+                .map_err(|_| ())?,
+            Err(e) => tracing::warn!(error = %e, id = %entry.id, "undecodable submission skipped"),
+        }
+    }
+    Ok(())
+}
