@@ -198,6 +198,7 @@ impl Writer {
         let delivery = Delivery::Stream {
             stream: stream.clone(),
             event: event.to_bytes(),
+            seq: event.seq(),
             received_at_ms,
             keep,
         };
