@@ -220,7 +220,6 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
             keep_alive: sc.keep_alive,
             schedule,
             posting: posting.clone(),
-            stop: stop.clone(),
         };
         writers.push(tokio::spawn(task.post(w)));
     }
@@ -231,15 +230,21 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
     let expected_per_comment = connected as u64;
     let mut last = (Instant::now(), 0u64);
     let mut tick = tokio::time::interval_at(start, Duration::from_millis(100));
+    // Posters hand their connection back when their schedule is done; it stays open until
+    // the end of the run (livecomments may still be answering).
     let writers_done = async {
+        let mut connections = Vec::new();
         for w in writers {
-            let _ = w.await;
+            if let Ok(Some(w)) = w.await {
+                connections.push(w);
+            }
         }
+        connections
     };
     tokio::pin!(writers_done);
-    loop {
+    let poster_writers = loop {
         tokio::select! {
-            _ = &mut writers_done => break,
+            connections = &mut writers_done => break connections,
             _ = tick.tick() => {
                 running.inc(1);
                 let unique = receiving.unique.load(Ordering::Relaxed);
@@ -256,7 +261,7 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
                 }
             }
         }
-    }
+    };
     running.finish_and_clear();
 
     // ---- drain: wait for answers and stragglers ----
@@ -290,6 +295,9 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
     }
     for r in readers {
         let _ = r.await;
+    }
+    for w in poster_writers {
+        w.disconnect().await;
     }
     let samples = sampler.stop();
 
@@ -572,7 +580,6 @@ struct PosterTask {
     keep_alive: Duration,
     schedule: Schedule,
     posting: Arc<Posting>,
-    stop: CancellationToken,
 }
 
 #[derive(Deserialize)]
@@ -618,7 +625,8 @@ async fn read_answers(mut r: mqtt::Reader, posting: Arc<Posting>, stop: Cancella
 }
 
 impl PosterTask {
-    async fn post(self, mut w: mqtt::Writer) {
+    /// Sends this poster's share of the schedule; returns the connection unless it failed.
+    async fn post(self, mut w: mqtt::Writer) -> Option<mqtt::Writer> {
         let mut pkid: u16 = 0;
         let keep_alive = self.keep_alive / 2;
         let mut last_write = Instant::now();
@@ -627,9 +635,7 @@ impl PosterTask {
             // Keep the connection alive through long gaps (very low rates).
             while due.saturating_duration_since(last_write) > keep_alive {
                 tokio::time::sleep_until(last_write + keep_alive).await;
-                if w.send(mqtt::encode(&Packet::PingReq)).await.is_err() {
-                    return;
-                }
+                w.send(mqtt::encode(&Packet::PingReq)).await.ok()?;
                 last_write = Instant::now();
             }
             tokio::time::sleep_until(due).await;
@@ -644,12 +650,7 @@ impl PosterTask {
                 pkid = pkid % u16::MAX + 1;
                 publish.pkid = pkid;
             }
-            if w.send(mqtt::encode(&Packet::Publish(publish)))
-                .await
-                .is_err()
-            {
-                return;
-            }
+            w.send(mqtt::encode(&Packet::Publish(publish))).await.ok()?;
             last_write = Instant::now();
             let p = &self.posting;
             p.sent_at_us[seq as usize].store(sent_us, Ordering::Relaxed);
@@ -663,9 +664,7 @@ impl PosterTask {
                     .insert(seq);
             }
         }
-        // Stay connected until the run ends: livecomments may still be answering.
-        self.stop.cancelled().await;
-        w.disconnect().await;
+        Some(w)
     }
 }
 
