@@ -256,10 +256,11 @@ async fn fanout_command(a: FanoutArgs) -> anyhow::Result<ExitCode> {
         if let Some(ours) = report.runs.iter().find(|r| r.target == Kind::Livecomments) {
             if !ours.clean() {
                 eprintln!(
-                    "FAIL: livecomments lost or mangled comments (missing {}, duplicated {}, out of order {}, rejected {:?}, unanswered {}, failed connections {}, dropped {})",
+                    "FAIL: livecomments lost or mangled comments (missing {}, duplicated {}, out of order {}, server seq regressions {}, rejected {:?}, unanswered {}, failed connections {}, dropped {})",
                     ours.deliveries.missing,
                     ours.deliveries.duplicates,
                     ours.deliveries.out_of_order,
+                    ours.deliveries.server_seq_regressions,
                     ours.posts.rejected,
                     ours.posts.unanswered,
                     ours.connections.failed,

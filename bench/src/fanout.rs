@@ -153,6 +153,7 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
         let permit = gate.clone().acquire_owned().await?;
         let task = SubscriberTask {
             index: i,
+            posters: sc.posters.max(1),
             endpoint: endpoint.clone(),
             source: source_ip(i, sc.source_addrs),
             client_id: format!("bench-v{i}"),
@@ -325,6 +326,7 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
         unique: 0,
         duplicates: 0,
         out_of_order: 0,
+        server_seq_regressions: 0,
         missing: 0,
         loss_pct: 0.0,
         subscribers_with_loss: 0,
@@ -339,6 +341,7 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
         d.unique += c.unique();
         d.duplicates += c.duplicates;
         d.out_of_order += c.out_of_order;
+        d.server_seq_regressions += c.server_seq_regressions;
         d.missing += missing;
         d.subscribers_with_loss += usize::from(missing > 0);
         d.messages += c.messages;
@@ -404,13 +407,17 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
     } else {
         run_samples.iter().map(|s| s.machine_busy_pct).sum::<f64>() / run_samples.len() as f64
     };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let other_load_pct = (machine_busy_avg_pct * cores
+        - sut.map(|s| s.cpu_avg_pct).unwrap_or(0.0)
+        - generator.cpu_avg_pct)
+        .max(0.0);
     let lag = LatencySummary::of(&posting.lag.lock().unwrap_or_else(|e| e.into_inner()));
     let ack = posting.ack.lock().unwrap_or_else(|e| e.into_inner());
     let rejected = std::mem::take(&mut *posting.rejected.lock().unwrap_or_else(|e| e.into_inner()));
     let answered = posting.answered.load(Ordering::Relaxed);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64;
     let posts = Posts {
         scheduled: schedule.total(),
         sent,
@@ -461,6 +468,7 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
         sut,
         generator,
         machine_busy_avg_pct,
+        other_load_pct,
         timeline,
         verdict,
     })
@@ -471,6 +479,7 @@ const NEVER_CONNECTED: &str = "never connected";
 
 struct SubscriberTask {
     index: usize,
+    posters: usize,
     endpoint: Endpoint,
     source: IpAddr,
     client_id: String,
@@ -489,7 +498,7 @@ impl SubscriberTask {
         receiving: Arc<OnceLock<Arc<Receiving>>>,
         connect_hist: Arc<Mutex<Histogram<u64>>>,
     ) -> SubscriberCounts {
-        let mut counts = SubscriberCounts::default();
+        let mut counts = SubscriberCounts::new(self.posters);
         let began = Instant::now();
         let login = self.password.as_deref().map(|p| ("bench", p));
         let opened = tokio::time::timeout(Duration::from_secs(30), async {
@@ -516,7 +525,7 @@ impl SubscriberTask {
         let ping = mqtt::encode(&Packet::PingReq);
         let mut pinger = tokio::time::interval(self.keep_alive / 2);
         pinger.tick().await;
-        let mut comments: Vec<(u64, u64)> = Vec::new();
+        let mut comments: Vec<payload::Comment> = Vec::new();
         let mut latencies: Vec<(u64, u64)> = Vec::new();
         let mut shared: Option<Arc<Receiving>> = None;
         loop {
@@ -540,9 +549,12 @@ impl SubscriberTask {
                             None => counts.garbled += 1,
                         }
                         latencies.clear();
-                        for &(seq, sent) in &comments {
-                            if counts.record(seq) == Seen::First {
-                                latencies.push((sent, now.saturating_sub(sent)));
+                        for c in &comments {
+                            if let Some(server_seq) = c.server_seq {
+                                counts.record_server_seq(server_seq);
+                            }
+                            if counts.record(c.seq) == Seen::First {
+                                latencies.push((c.sent_us, now.saturating_sub(c.sent_us)));
                             }
                         }
                         if !comments.is_empty() {

@@ -73,6 +73,8 @@ struct Event<'a> {
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +89,17 @@ struct PostIn<'a> {
     text: Cow<'a, str>,
 }
 
+/// One comment of ours in a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comment {
+    /// The generator's sequence number.
+    pub seq: u64,
+    /// Send time, microseconds since the Unix epoch.
+    pub sent_us: u64,
+    /// The server's sequence number of the event (livecomments).
+    pub server_seq: Option<u64>,
+}
+
 /// What one received message held.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Parsed {
@@ -96,14 +109,18 @@ pub struct Parsed {
     pub other: usize,
 }
 
-/// A livecomments delivery frame: pushes `(seq, sent_us)` of every comment event.
-pub fn parse_frame(payload: &[u8], out: &mut Vec<(u64, u64)>) -> Option<Parsed> {
+/// A livecomments delivery frame: pushes every comment event of ours.
+pub fn parse_frame(payload: &[u8], out: &mut Vec<Comment>) -> Option<Parsed> {
     let frame: Frame = serde_json::from_slice(payload).ok()?;
     let mut parsed = Parsed::default();
     for e in frame.events {
         match (e.kind.as_ref(), e.text.as_deref().and_then(parse_text)) {
-            ("comment", Some(c)) => {
-                out.push(c);
+            ("comment", Some((seq, sent_us))) => {
+                out.push(Comment {
+                    seq,
+                    sent_us,
+                    server_seq: e.seq,
+                });
                 parsed.comments += 1;
             }
             _ => parsed.other += 1,
@@ -113,10 +130,14 @@ pub fn parse_frame(payload: &[u8], out: &mut Vec<(u64, u64)>) -> Option<Parsed> 
 }
 
 /// A plain message carrying one post body (Mosquitto).
-pub fn parse_post(payload: &[u8], out: &mut Vec<(u64, u64)>) -> Option<Parsed> {
+pub fn parse_post(payload: &[u8], out: &mut Vec<Comment>) -> Option<Parsed> {
     let post: PostIn = serde_json::from_slice(payload).ok()?;
-    let c = parse_text(&post.text)?;
-    out.push(c);
+    let (seq, sent_us) = parse_text(&post.text)?;
+    out.push(Comment {
+        seq,
+        sent_us,
+        server_seq: None,
+    });
     Some(Parsed {
         comments: 1,
         other: 0,
@@ -151,7 +172,10 @@ mod tests {
                 other: 0
             })
         );
-        assert_eq!(out, vec![(7, 99)]);
+        assert_eq!(
+            (out[0].seq, out[0].sent_us, out[0].server_seq),
+            (7, 99, None)
+        );
 
         let text = comment_text(8, 100, 60);
         let frame = serde_json::json!({"v":1,"events":[
@@ -162,7 +186,10 @@ mod tests {
         out.clear();
         let p = parse_frame(frame.to_string().as_bytes(), &mut out).unwrap();
         assert_eq!((p.comments, p.other), (1, 2));
-        assert_eq!(out, vec![(8, 100)]);
+        assert_eq!(
+            (out[0].seq, out[0].sent_us, out[0].server_seq),
+            (8, 100, Some(3))
+        );
         assert!(parse_frame(b"not json", &mut out).is_none());
     }
 }

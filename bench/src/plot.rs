@@ -15,6 +15,9 @@ fn colour(kind: Kind) -> RGBColor {
     }
 }
 
+/// Points of one line: (second, milliseconds).
+type Series = Vec<(f64, f64)>;
+
 /// p50, p99 and max latency per second of send time, one colour per run.
 pub fn latency_svg(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::Result<()> {
     let seconds = runs
@@ -52,7 +55,7 @@ pub fn latency_svg(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::Res
                 .map(move |p| (p.t_s as f64 + 0.5, f(p)))
                 .collect::<Vec<_>>()
         };
-        let lines: [(&str, Vec<(f64, f64)>, ShapeStyle); 3] = [
+        let lines: [(&str, Series, ShapeStyle); 3] = [
             ("p50", series(|p| p.p50_ms), c.mix(0.5).stroke_width(2)),
             ("p99", series(|p| p.p99_ms), c.stroke_width(2)),
             ("max", series(|p| p.max_ms), c.mix(0.35).stroke_width(1)),

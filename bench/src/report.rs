@@ -61,7 +61,10 @@ pub struct Deliveries {
     pub expected: u64,
     pub unique: u64,
     pub duplicates: u64,
+    /// Comments that arrived after a later comment of the same poster.
     pub out_of_order: u64,
+    /// Events whose server `seq` did not increase (livecomments).
+    pub server_seq_regressions: u64,
     pub missing: u64,
     pub loss_pct: f64,
     pub subscribers_with_loss: usize,
@@ -112,6 +115,9 @@ pub struct RunResult {
     pub sut: Option<UsageSummary>,
     pub generator: UsageSummary,
     pub machine_busy_avg_pct: f64,
+    /// CPU used by everything else on the machine while posting (percent of one core): a
+    /// shared machine shows up here instead of in the comparison.
+    pub other_load_pct: f64,
     pub timeline: Vec<TimelinePoint>,
     pub verdict: Verdict,
 }
@@ -123,6 +129,7 @@ impl RunResult {
         self.deliveries.missing == 0
             && self.deliveries.duplicates == 0
             && self.deliveries.out_of_order == 0
+            && self.deliveries.server_seq_regressions == 0
             && self.posts.rejected.is_empty()
             && self.posts.unanswered == 0
             && self.posts.sent == self.posts.scheduled
@@ -291,6 +298,14 @@ impl Report {
             None,
         );
         row(
+            "server seq regressions",
+            &|x| match x.target {
+                Kind::Livecomments => x.deliveries.server_seq_regressions.to_string(),
+                Kind::Mosquitto => "—".into(),
+            },
+            None,
+        );
+        row(
             "missing (loss)",
             &|x| format!("{} ({:.3} %)", x.deliveries.missing, x.deliveries.loss_pct),
             None,
@@ -379,6 +394,11 @@ impl Report {
         row(
             "machine busy (2 cores = 100 %)",
             &|x| format!("{:.0} %", x.machine_busy_avg_pct),
+            None,
+        );
+        row(
+            "other processes' CPU",
+            &|x| format!("{:.0} %", x.other_load_pct),
             None,
         );
         row(

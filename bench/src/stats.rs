@@ -60,10 +60,16 @@ impl SeqSet {
 #[derive(Debug, Default, Clone)]
 pub struct SubscriberCounts {
     seen: SeqSet,
-    highest: Option<u64>,
+    /// Highest sequence number seen per poster (poster = seq % posters): order is promised
+    /// per publisher, not across independent posters.
+    highest: Vec<Option<u64>>,
+    /// Highest server `seq` seen (livecomments frames).
+    highest_server_seq: Option<u64>,
     pub duplicates: u64,
-    /// Comments that arrived after one with a higher sequence number.
+    /// Comments that arrived after a later comment of the same poster.
     pub out_of_order: u64,
+    /// Events whose server `seq` did not increase (livecomments promises strictly increasing).
+    pub server_seq_regressions: u64,
     /// MQTT messages (frames for livecomments, one per comment for Mosquitto).
     pub messages: u64,
     /// Events that were not our comments (retractions, sampling notices).
@@ -82,16 +88,37 @@ pub enum Seen {
 }
 
 impl SubscriberCounts {
+    /// Counts for a run with `posters` posters.
+    pub fn new(posters: usize) -> SubscriberCounts {
+        SubscriberCounts {
+            highest: vec![None; posters.max(1)],
+            ..SubscriberCounts::default()
+        }
+    }
+
     pub fn record(&mut self, seq: u64) -> Seen {
         if !self.seen.insert(seq) {
             self.duplicates += 1;
             return Seen::Again;
         }
-        match self.highest {
+        let n = self.highest.len().max(1);
+        if self.highest.is_empty() {
+            self.highest.push(None);
+        }
+        let highest = &mut self.highest[(seq % n as u64) as usize];
+        match *highest {
             Some(h) if seq < h => self.out_of_order += 1,
-            _ => self.highest = Some(seq),
+            _ => *highest = Some(seq),
         }
         Seen::First
+    }
+
+    /// The server's `seq` of an event (strictly increasing per stream).
+    pub fn record_server_seq(&mut self, seq: u64) {
+        match self.highest_server_seq {
+            Some(h) if seq <= h => self.server_seq_regressions += 1,
+            _ => self.highest_server_seq = Some(seq),
+        }
     }
 
     pub fn unique(&self) -> u64 {
@@ -248,13 +275,23 @@ mod tests {
 
     #[test]
     fn counts_unique_duplicates_out_of_order_and_missing() {
-        let mut c = SubscriberCounts::default();
+        let mut c = SubscriberCounts::new(1);
         for seq in [0, 1, 3, 2, 3, 5, 0] {
             c.record(seq);
         }
         assert_eq!(c.unique(), 5);
         assert_eq!(c.duplicates, 2);
         assert_eq!(c.out_of_order, 1, "2 after 3");
+        // Two posters: 3 (poster 1) before 2 (poster 0) is no reordering; 1 after 3 is.
+        let mut two = SubscriberCounts::new(2);
+        for seq in [0, 3, 2, 1] {
+            two.record(seq);
+        }
+        assert_eq!(two.out_of_order, 1);
+        for seq in [5, 6, 6, 4] {
+            two.record_server_seq(seq);
+        }
+        assert_eq!(two.server_seq_regressions, 2);
         let mut expected = SeqSet::default();
         for seq in 0..8 {
             expected.insert(seq);
