@@ -51,7 +51,8 @@ pub fn latency_svg(path: &Path, title: &str, runs: &[&RunResult]) -> anyhow::Res
         let series = |f: fn(&crate::report::TimelinePoint) -> f64| {
             run.timeline
                 .iter()
-                .filter(|p| p.sent > 0)
+                // Seconds whose comments never arrived have no latency: leave a gap, not 0.
+                .filter(|p| p.sent > 0 && p.max_ms > 0.0)
                 .map(move |p| (p.t_s as f64 + 0.5, f(p)))
                 .collect::<Vec<_>>()
         };
