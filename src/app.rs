@@ -110,12 +110,32 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     let mut accepted_rx = Some(accepted_rx);
     let (bridge, ingest): (Option<RunningBridge>, Arc<dyn wire::ingest::Ingest>) =
         if roles.runs(ClusterRole::Bridge) {
-            let sequencer: Arc<dyn bridge::sequence::Sequencer> = match &redis_client {
-                None => Arc::new(bridge::sequence::MemorySequencer::default()),
-                Some(client) => Arc::new(bridge::sequence::RedisSequencer::new(
-                    redis::aio::ConnectionManager::new(client.clone()).await?,
-                    config.bus.redis.prefix.clone(),
-                )),
+            let (count, window) = (
+                config.bridge.rate_limit_count,
+                Duration::from_secs(config.bridge.rate_limit_window_s),
+            );
+            // Shared by the bridges of a cluster; in memory for one.
+            let (sequencer, limits): (
+                Arc<dyn bridge::sequence::Sequencer>,
+                Arc<dyn bridge::limits::Limits>,
+            ) = match &redis_client {
+                None => (
+                    Arc::new(bridge::sequence::MemorySequencer::default()),
+                    Arc::new(bridge::limits::LocalLimits::new(count, window)),
+                ),
+                Some(client) => {
+                    let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+                    let prefix = config.bus.redis.prefix.clone();
+                    (
+                        Arc::new(bridge::sequence::RedisSequencer::new(
+                            conn.clone(),
+                            prefix.clone(),
+                        )),
+                        Arc::new(bridge::limits::RedisLimits::new(
+                            conn, prefix, count, window,
+                        )),
+                    )
+                }
             };
             let stop = BridgeShutdown::default();
             let (bridge, tasks) = Bridge::start(
@@ -127,6 +147,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                     moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
                     accepted: Some(accepted_tx),
                     sequencer,
+                    limits,
                 },
                 stop.clone(),
             )?;

@@ -19,13 +19,17 @@ use wire::ingest::Ingest;
 use wire::moderation::Action;
 
 async fn system_on(redis: &RedisServer) -> System {
+    system_with(redis, 0).await
+}
+
+async fn system_with(redis: &RedisServer, rate_limit_count: u32) -> System {
     let url = redis.url();
     System::start_with(move |c| {
         c.bus.backend = BusBackend::Redis;
         c.bus.redis.url = url;
         c.bus.redis.unwatch_linger_ms = 200;
         c.bus.redis.claim_idle_ms = 1000;
-        c.bridge.rate_limit_count = 0;
+        c.bridge.rate_limit_count = rate_limit_count;
     })
     .await
 }
@@ -201,5 +205,56 @@ async fn a_redis_restart_rejects_posts_retryably_then_delivery_resumes() {
     let got = collect(&mut viewer, 1).await;
     assert_eq!(got.len(), 1, "the viewer's node resubscribed");
     assert_eq!(got[0]["text"], "during");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_slow_mode_live_in_redis() {
+    let redis = RedisServer::start();
+    let sys = system_with(&redis, 3).await;
+    sys.live_stream("s1").await;
+    let mut poster = Client::must(sys.tcp("p", &sys.token("ann", Role::Viewer))).await;
+    poster.subscribe("users/ann/inbox").await;
+    for i in 0..3 {
+        poster
+            .post_text("s1", &format!("c{i}"), &format!("m{i}"))
+            .await;
+        assert_eq!(poster.inbox("ann").await["type"], "ack");
+    }
+    poster.post_text("s1", "one too many", "m3").await;
+    let r = poster.inbox("ann").await;
+    assert_eq!(r["code"], "rate_limited", "{r}");
+    assert!(r["retry_after_ms"].as_u64().unwrap() > 10_000, "{r}");
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "lc:rl:*",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "lc:rl:ann");
+
+    // Slow mode, with a user who has quota left.
+    let r = sys
+        .http
+        .put(sys.url("/v1/streams/s1/settings"))
+        .bearer_auth(sys.token("bob", Role::Broadcaster))
+        .json(&json!({"slow_mode_s": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut bea = Client::must(sys.tcp("b", &sys.token("bea", Role::Viewer))).await;
+    bea.subscribe("users/bea/inbox").await;
+    bea.post_text("s1", "first", "b1").await;
+    assert_eq!(bea.inbox("bea").await["type"], "ack");
+    bea.post_text("s1", "second", "b2").await;
+    let r = bea.inbox("bea").await;
+    assert_eq!(r["code"], "slow_mode", "{r}");
+    let wait = r["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 25_000 && wait <= 30_000, "{wait}");
     sys.stop().await;
 }

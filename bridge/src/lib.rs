@@ -20,6 +20,7 @@
 //! - [`store`] — storage implementations (`embedded`: redb).
 
 pub mod bus;
+pub mod limits;
 pub mod ratelimit;
 pub mod remote;
 pub mod sequence;
@@ -96,6 +97,8 @@ pub struct BridgeDeps {
     pub accepted: Option<mpsc::Sender<Comment>>,
     /// Hands out `seq`s (in memory, or shared by a cluster's bridges).
     pub sequencer: Arc<dyn sequence::Sequencer>,
+    /// Comment rate and slow mode (in memory, or shared by a cluster's bridges).
+    pub limits: Arc<dyn limits::Limits>,
 }
 
 pub(crate) enum Job {

@@ -53,6 +53,8 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// Direct messages (inbox answers, private frames) queued per connection before further ones
 /// are dropped.
 const DIRECT_QUEUE: usize = 64;
+/// How long a connection stays open after refusing a post, so the refusal is read first.
+const REFUSED_LINGER: Duration = Duration::from_millis(300);
 
 pub(crate) struct NodeCtx {
     pub config: BrokerConfig,
@@ -419,10 +421,27 @@ impl Session {
             };
             if let Err(close) = step {
                 if matches!(close, Close::Refused) {
-                    // The `unavailable` answer written just before must reach the client.
+                    // The `unavailable` answer written just before must reach the client, and
+                    // apart from the close: a client that reads the answer and the FIN in one
+                    // go may drop the answer (rumqttc does), so the close waits a moment.
                     let _ = self.flush().await;
+                    self.linger(REFUSED_LINGER).await;
                 }
                 return close;
+            }
+        }
+    }
+
+    /// Reads and discards what the client sends for up to `wait` (or until it closes), so
+    /// the last answer reaches it ahead of the close.
+    async fn linger(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(deadline, self.transport.read(&mut self.read_buf)).await
+        {
+            self.read_buf.clear();
+            if n == 0 {
+                break;
             }
         }
     }

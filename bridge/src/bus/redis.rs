@@ -45,6 +45,8 @@ pub struct RedisBusConfig {
 }
 
 const GROUP: &str = "bridges";
+/// How long a node waits for Redis to take a submission before telling the client to retry.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_COUNT: usize = 256;
 
 enum WatchCmd {
@@ -162,10 +164,14 @@ impl Bus for RedisBus {
     async fn submit(&self, submission: Submission) -> Result<(), BusError> {
         let bytes = postcard::to_allocvec(&submission).map_err(unavailable)?;
         let mut conn = self.conn.clone();
-        let _: String = conn
-            .xadd(self.stream_key(), "*", &[("s", bytes)])
-            .await
-            .map_err(unavailable)?;
+        // A node answers its client quickly either way: taken, or `unavailable` to retry.
+        let added = tokio::time::timeout(
+            SUBMIT_TIMEOUT,
+            conn.xadd::<_, _, _, _, String>(self.stream_key(), "*", &[("s", bytes)]),
+        )
+        .await
+        .map_err(|_| unavailable("redis did not answer in time"))?;
+        added.map_err(unavailable)?;
         Ok(())
     }
 
