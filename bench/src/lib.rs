@@ -7,10 +7,14 @@
 //! [`fanout`] the scenario that ties them together. [`cli`] is the command line.
 
 pub mod cli;
+pub mod connections;
 pub mod fanout;
+pub mod ingest;
 pub mod mqtt;
 pub mod payload;
 pub mod plot;
+pub mod reactions;
+pub mod replay;
 pub mod report;
 pub mod sampler;
 pub mod schedule;
