@@ -34,6 +34,8 @@ pub enum Command {
     Reactions(ReactionsArgs),
     /// Idle MQTT viewers up to the open-file limit: connect rate and RSS per connection.
     Connections(ConnectionsArgs),
+    /// Viewers, comments, reactions and a reconnecting viewer at once (a final).
+    Mixed(MixedArgs),
     /// Random 3-minute windows of a stream with millions of stored comments, over HTTP.
     Replay(ReplayArgs),
 }
@@ -239,8 +241,9 @@ pub struct ReplayArgs {
     /// Window length in seconds.
     #[arg(long, default_value_t = 180.0)]
     pub window_seconds: f64,
-    /// Page size of a window read (`limit`, at most the server's http.max_page).
-    #[arg(long, default_value_t = 1000)]
+    /// Page size of a window read (`limit`: the API's default 500; at most the server's
+    /// http.max_page, 1000).
+    #[arg(long, default_value_t = 500)]
     pub limit: usize,
     /// Windows also read to the end through next_token.
     #[arg(long, default_value_t = 3)]
@@ -275,6 +278,33 @@ pub struct ConnectionsArgs {
     pub no_subscribe: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub sut: SutArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Viewer connections (subscribed to the stream's comments).
+    #[arg(long, default_value_t = 2000)]
+    pub viewers: usize,
+    /// Comments per second, all posters together.
+    #[arg(long, default_value_t = 500.0)]
+    pub comment_rate: f64,
+    #[arg(long, default_value_t = 20)]
+    pub posters: usize,
+    /// Reactions per second, all reaction clients together (0: none).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub reaction_rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub reaction_clients: usize,
+    /// One viewer reconnects this often, in milliseconds (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub churn_ms: u64,
+    /// p99 latency limit of the verdict.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_limit_ms: f64,
+}
+
 /// Raises the open-file limit to the hard limit; returns the new soft limit.
 fn raise_nofile() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
@@ -287,6 +317,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reactions(args) => reactions_command(args).await,
         Command::Replay(args) => replay_command(args).await,
         Command::Connections(args) => connections_command(args).await,
+        Command::Mixed(args) => mixed_command(args).await,
     }
 }
 
@@ -672,5 +703,78 @@ async fn connections_command(a: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         &runs,
         &crate::connections::markdown(&runs),
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mixed_command(a: MixedArgs) -> anyhow::Result<ExitCode> {
+    let nofile = ensure_nofile(
+        a.viewers + a.posters + a.reaction_clients + 2,
+        "the viewers, posters and reaction clients",
+    )?;
+    let fanout = scenario_of(
+        &a.load,
+        a.viewers,
+        a.comment_rate,
+        a.posters,
+        a.p99_limit_ms,
+        !a.sut.no_progress,
+    );
+    let sc = crate::mixed::Scenario {
+        reactions: crate::reactions::Scenario {
+            rate: a.reaction_rate,
+            seconds: a.load.seconds,
+            clients: a.reaction_clients,
+            tick: Duration::from_millis(10),
+            source_addrs: a.load.source_addrs,
+            drain: Duration::from_secs_f64(a.load.drain_seconds.max(0.0)),
+            // One set of progress bars (the fan-out's) is enough.
+            progress: false,
+        },
+        fanout,
+        churn_every: Duration::from_millis(a.churn_ms),
+    };
+    let mut runs = Vec::new();
+    for &kind in a.sut.kinds() {
+        let target = start_target(kind, &a.sut, &StartOptions::default()).await?;
+        let r = crate::mixed::run(&target, &sc).await;
+        let tail = target.log_tail(20);
+        target.stop().await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(t) = tail.filter(|t| !t.is_empty()) {
+                    eprintln!("end of the {kind} log:\n{t}");
+                }
+                return Err(e.context(format!("running the mixed scenario against {kind}")));
+            }
+        };
+        eprintln!(
+            "==> {kind}: {} of {} deliveries, p99 {:.1} ms; reactions {}; {} reconnects",
+            r.fanout.deliveries.unique,
+            r.fanout.deliveries.expected,
+            r.fanout.latency_ms.p99_ms,
+            r.reactions
+                .as_ref()
+                .map(|x| format!(
+                    "{:.0}/s{}",
+                    x.achieved_per_s,
+                    if x.exact { " exact" } else { " NOT exact" }
+                ))
+                .unwrap_or_else(|| "none".into()),
+            r.churn.cycles
+        );
+        runs.push(r);
+    }
+    let out = &a.sut.out;
+    std::fs::create_dir_all(out)?;
+    crate::plot::latency_svg(
+        &out.join("mixed-latency.svg"),
+        &format!(
+            "mixed: {} viewers × {} comments/s, {} reactions/s, a reconnect every {} ms",
+            a.viewers, a.comment_rate, a.reaction_rate, a.churn_ms
+        ),
+        &runs.iter().map(|r| &r.fanout).collect::<Vec<_>>(),
+    )?;
+    crate::report::write_outputs(out, "mixed", nofile, &runs, &crate::mixed::markdown(&runs))?;
     Ok(ExitCode::SUCCESS)
 }
