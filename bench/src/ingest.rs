@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::fanout::{self, Scenario};
 use crate::plot::{self, Axes, Line, Point, Xy};
+use crate::probe::{self, BucketSummary, FsyncProbe};
 use crate::report::{ratio_of, RunResult, Table};
 use crate::stats::LatencySummary;
 use crate::target::{Kind, Target};
@@ -44,6 +45,12 @@ pub struct Step {
     pub sustained: bool,
     /// Why a step is not sustained.
     pub reasons: Vec<String>,
+    /// The disk while the step ran: 4 KiB write + fdatasync every 20 ms next to the data.
+    pub fsync_ms: LatencySummary,
+    /// The store's commits during the step (livecomments' /metrics), seconds.
+    pub commit_s: Option<BucketSummary>,
+    /// Comments per commit during the step.
+    pub batch_size: Option<BucketSummary>,
     pub run: RunResult,
 }
 
@@ -82,10 +89,16 @@ impl Step {
             puback_ms: p.puback_ms,
             sustained: reasons.is_empty(),
             reasons,
+            fsync_ms: LatencySummary::default(),
+            commit_s: None,
+            batch_size: None,
             run,
         }
     }
 }
+
+const COMMIT: &str = "livecomments_store_commit_seconds";
+const BATCH: &str = "livecomments_store_batch_size";
 
 /// The whole sweep.
 #[derive(Debug, Clone, Serialize)]
@@ -118,8 +131,24 @@ pub async fn run(targets: &mut [Target], sc: &Ingest) -> anyhow::Result<IngestRe
                 ..sc.base.clone()
             };
             eprintln!("==> ingest {}: {rate} comments/s", target.kind);
-            let run = fanout::run(target, &scenario).await?;
-            let step = Step::of(run, sc.ack_limit_ms);
+            let base = target.http_base().ok();
+            let before = probe::scrape(base.clone(), &[COMMIT, BATCH]).await;
+            let fsync = FsyncProbe::start(&std::env::temp_dir());
+            let run = fanout::run(target, &scenario).await;
+            let fsync_ms = fsync.stop();
+            let after = probe::scrape(base, &[COMMIT, BATCH]).await;
+            let mut step = Step::of(run?, sc.ack_limit_ms);
+            step.fsync_ms = fsync_ms;
+            if let (Some(b), Some(a)) = (&before, &after) {
+                let delta = |name: &str| {
+                    Some(BucketSummary::between(
+                        b.get(name).unwrap_or(&Default::default()),
+                        a.get(name)?,
+                    ))
+                };
+                step.commit_s = delta(COMMIT);
+                step.batch_size = delta(BATCH);
+            }
             eprintln!(
                 "    {:.0} acked/s, ack p50 {:.1} / p99 {:.1} / p99.9 {:.1} ms{}",
                 step.acked_per_s,
@@ -168,6 +197,8 @@ pub fn markdown(r: &IngestResult) -> String {
         "ack p50 / p99 / p99.9",
         "PUBACK p50 / p99 / p99.9",
         "rejected",
+        "store commit mean / p99 (comments each)",
+        "disk fsync p50 / p99 / max",
         "server CPU",
         "generator CPU",
         "other CPU",
@@ -196,6 +227,19 @@ pub fn markdown(r: &IngestResult) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
+            match (s.commit_s, s.batch_size) {
+                (Some(c), Some(b)) if c.count > 0.0 => format!(
+                    "{:.1} / ≤{:.0} ms ({:.0})",
+                    c.mean * 1000.0,
+                    c.p99_le * 1000.0,
+                    b.mean
+                ),
+                _ => "—".into(),
+            },
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                s.fsync_ms.p50_ms, s.fsync_ms.p99_ms, s.fsync_ms.max_ms
+            ),
             run.sut
                 .map(|u| format!("{:.0} %", u.cpu_avg_pct))
                 .unwrap_or_else(|| "—".into()),

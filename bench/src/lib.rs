@@ -16,6 +16,7 @@ pub mod mixed;
 pub mod mqtt;
 pub mod payload;
 pub mod plot;
+pub mod probe;
 pub mod reactions;
 pub mod replay;
 pub mod report;
