@@ -202,7 +202,19 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         None
     };
 
-    let presence = wire::presence::PresenceBoard::default();
+    // One process counts its own viewers; the nodes of a cluster sum theirs in Redis.
+    let presence = match &redis_client {
+        None => wire::presence::PresenceBoard::default(),
+        Some(client) => {
+            let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+            wire::presence::PresenceBoard::clustered(Arc::new(bridge::bus::RedisPresence::new(
+                conn,
+                config.bus.redis.prefix.clone(),
+                node_id.clone(),
+                Duration::from_millis(config.presence.interval_ms),
+            )))
+        }
+    };
     let node_shutdown = NodeShutdown::default();
     let node = if roles.runs(ClusterRole::Broker) {
         let node = Node::start(

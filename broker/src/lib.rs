@@ -135,6 +135,7 @@ impl Node {
             deps.presence.clone(),
             std::time::Duration::from_millis(config.presence.interval_ms),
             deps.bus.clone(),
+            ctx.local.clone(),
             shutdown.relay.clone(),
         ));
 
