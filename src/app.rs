@@ -202,17 +202,24 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         None
     };
 
-    // One process counts its own viewers; the nodes of a cluster sum theirs in Redis.
-    let presence = match &redis_client {
-        None => wire::presence::PresenceBoard::default(),
+    // One process counts its own viewers and reactions; the nodes of a cluster sum theirs in
+    // Redis.
+    let (presence, shared_reactions) = match &redis_client {
+        None => (wire::presence::PresenceBoard::default(), None),
         Some(client) => {
             let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
-            wire::presence::PresenceBoard::clustered(Arc::new(bridge::bus::RedisPresence::new(
-                conn,
-                config.bus.redis.prefix.clone(),
-                node_id.clone(),
-                Duration::from_millis(config.presence.interval_ms),
-            )))
+            let prefix = config.bus.redis.prefix.clone();
+            let presence = wire::presence::PresenceBoard::clustered(Arc::new(
+                bridge::bus::RedisPresence::new(
+                    conn.clone(),
+                    prefix.clone(),
+                    node_id.clone(),
+                    Duration::from_millis(config.presence.interval_ms),
+                ),
+            ));
+            let reactions: Arc<dyn wire::reactions::SharedReactions> =
+                Arc::new(bridge::bus::RedisReactions::new(conn, prefix));
+            (presence, Some(reactions))
         }
     };
     let node_shutdown = NodeShutdown::default();
@@ -225,6 +232,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 streams: streams.clone(),
                 auto_create_streams: config.bridge.auto_create_streams,
                 presence: presence.clone(),
+                shared_reactions,
             },
             node_shutdown.clone(),
         )

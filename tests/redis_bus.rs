@@ -330,3 +330,64 @@ async fn presence_is_summed_over_the_nodes_of_a_cluster() {
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_from_every_node_arrive_as_one_frame_per_window() {
+    let redis = RedisServer::start();
+    let node = |id: &'static str| {
+        let url = redis.url();
+        System::start_with(move |c| {
+            c.bus.backend = BusBackend::Redis;
+            c.bus.redis.url = url;
+            c.cluster.node_id = id.into();
+            c.reactions.window_ms = 500;
+        })
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    a.live_stream("s1").await;
+    b.live_stream("s1").await;
+    let mut watcher = Client::must(a.tcp("w", &a.token("w", Role::Viewer))).await;
+    watcher.subscribe("streams/s1/reactions").await;
+    let mut senders = Vec::new();
+    for (sys, id) in [(&a, "r1"), (&a, "r2"), (&b, "r3"), (&b, "r4")] {
+        senders.push(Client::must(sys.tcp(id, &sys.token(id, Role::Viewer))).await);
+    }
+    // 4 users × 5 per second for 2 s, on both nodes.
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    for _ in 0..10 {
+        for s in &senders {
+            s.client
+                .publish(
+                    "streams/s1/react",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    json!({"emoji": "🔥"}).to_string(),
+                )
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut frames = 0u64;
+    let mut counted = 0u64;
+    while counted < sent {
+        let Some(f) = watcher
+            .next_on("streams/s1/reactions", Duration::from_secs(3))
+            .await
+        else {
+            break;
+        };
+        frames += 1;
+        counted += f["counts"]["🔥"].as_u64().unwrap_or(0);
+    }
+    let windows = started.elapsed().as_millis() as u64 / 500 + 1;
+    assert_eq!(counted, sent, "every node's reactions counted once");
+    assert!(
+        frames <= windows,
+        "{frames} frames in {windows} windows: one per window, not one per node"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -164,6 +164,15 @@ impl Viewers {
         }
     }
 
+    /// The streams this node has viewers of now.
+    pub(crate) fn watched(&self) -> Vec<StreamId> {
+        let m = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        m.iter()
+            .filter(|(_, p)| p.viewers > 0)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
     fn viewers_of(&self, stream: &StreamId) -> u64 {
         let m = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         m.get(stream).map_or(0, |p| p.viewers)
