@@ -3,5 +3,9 @@
 //! - [`embedded`] — redb, one file in the data directory (the default).
 
 pub mod embedded;
+/// Behaviour checks shared by every store (used by `tests/store_suite.rs`).
+#[cfg(any(test, feature = "store-suite"))]
+#[doc(hidden)]
+pub mod suite;
 
 pub use embedded::EmbeddedStore;
