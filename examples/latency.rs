@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let http = reqwest::Client::new();
-    let base = format!("http://{}", running.endpoints.http);
+    let base = format!("http://{}", running.endpoints.http.expect("api"));
     let bob = token("bob", Role::Broadcaster)?;
     http.post(format!("{base}/v1/streams"))
         .bearer_auth(&bob)
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .error_for_status()?;
 
-    let port = running.endpoints.mqtt.port();
+    let port = running.endpoints.mqtt.expect("broker").port();
     let epoch = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     // Viewer 0 also times retractions: comment id → send time, then retract latency.

@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
             subscriber: false,
         })
     };
-    let base = format!("http://{}", running.endpoints.http);
+    let base = format!("http://{}", running.endpoints.http.expect("api"));
     let http = reqwest::Client::new();
     let bob = token("bob", Role::Broadcaster)?;
     http.post(format!("{base}/v1/streams"))
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
             .write(&mut burst, usize::MAX)?;
     }
     let burst = burst.freeze();
-    let port = running.endpoints.mqtt.port();
+    let port = running.endpoints.mqtt.expect("broker").port();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {

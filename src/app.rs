@@ -1,10 +1,13 @@
-//! `livecomments up`: every component in one process, started and stopped in order.
+//! `livecomments up`: the roles of this process (all of them by default), started and
+//! stopped in order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bridge::bus::redis::{RedisBus, RedisBusConfig};
+use bridge::remote::RemoteIngest;
 use bridge::store::EmbeddedStore;
 use bridge::{Bridge, BridgeDeps, BridgeShutdown};
 use broker::{BrokerDeps, Node, NodeShutdown};
@@ -13,42 +16,59 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wire::auth::JwtKeys;
-use wire::bus::{Bus, Delivery, MemoryBus};
+use wire::bus::{Bus, MemoryBus};
 use wire::store::Store;
 use wire::streams::StreamDirectory;
 
-use crate::config::{AppConfig, BusBackend, StoreBackend};
+use crate::config::{AppConfig, BusBackend, ClusterRole, StoreBackend};
 use crate::keys::load_or_create_secret;
 use crate::telemetry;
 
-/// Where a running system listens; also written to `data_dir/endpoints.json`.
+/// Where a running system listens; also written to `data_dir/endpoints.json`. A process of a
+/// cluster has only the endpoints of its roles.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Endpoints {
-    pub mqtt: SocketAddr,
+    pub mqtt: Option<SocketAddr>,
     pub ws: Option<SocketAddr>,
-    pub http: SocketAddr,
+    pub http: Option<SocketAddr>,
 }
 
-/// A running system.
+/// A running system, or the part of a cluster this process runs.
 pub struct Running {
     pub endpoints: Endpoints,
     pub keys: JwtKeys,
-    node: Node,
-    node_shutdown: NodeShutdown,
-    http: JoinHandle<()>,
-    bridge_stop: BridgeShutdown,
-    bridge: Bridge,
-    bridge_tasks: bridge::BridgeTasks,
-    moderation_stop: CancellationToken,
-    moderation: JoinHandle<()>,
+    node: Option<RunningNode>,
+    http: Option<JoinHandle<()>>,
+    /// Stops HTTP intake; the node's intake token when there is a node.
+    intake: CancellationToken,
+    bridge: Option<RunningBridge>,
+    moderation: Option<(CancellationToken, JoinHandle<()>)>,
+    /// Ends the bus's background tasks (Redis pub/sub and consumers), last.
+    bus_stop: CancellationToken,
     store: Arc<dyn Store>,
 }
 
-/// Starts broker node, write path, moderation hooks and HTTP API in this process.
+struct RunningNode {
+    node: Node,
+    shutdown: NodeShutdown,
+}
+
+struct RunningBridge {
+    stop: BridgeShutdown,
+    bridge: Bridge,
+    tasks: bridge::BridgeTasks,
+    /// Hands accepted comments to other processes' moderation workers (cluster).
+    forward: Option<JoinHandle<()>>,
+}
+
+/// Starts the roles of `config.cluster.roles` in this process: all of them (the embedded
+/// default) or some (a process of a cluster).
 pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     let secret = load_or_create_secret(&config)?;
     let keys = JwtKeys::new(&secret);
     let metrics = telemetry::metrics();
+    let roles = &config.cluster;
+    let node_id = roles.node_id();
 
     let store: Arc<dyn Store> = match config.store.backend {
         StoreBackend::Embedded => {
@@ -59,102 +79,195 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
             Arc::new(store)
         }
     };
+    let bus_stop = CancellationToken::new();
+    let mut redis_client = None;
     let bus: Arc<dyn Bus> = match config.bus.backend {
         BusBackend::Memory => Arc::new(MemoryBus::new(config.bus.queue_capacity)),
+        BusBackend::Redis => {
+            let r = &config.bus.redis;
+            let bus = RedisBus::connect(
+                RedisBusConfig {
+                    url: r.url.clone(),
+                    prefix: r.prefix.clone(),
+                    claim_idle_ms: r.claim_idle_ms,
+                    unwatch_linger_ms: r.unwatch_linger_ms,
+                    queue_capacity: config.bus.queue_capacity,
+                },
+                node_id.clone(),
+                bus_stop.clone(),
+            )
+            .await
+            .with_context(|| format!("connecting to Redis at {}", r.url))?;
+            tracing::info!(url = %r.url, node = %node_id, "redis bus connected");
+            redis_client = Some(redis::Client::open(r.url.as_str())?);
+            Arc::new(bus)
+        }
     };
     let streams = StreamDirectory::new(store.clone());
 
-    let moderation = Arc::new(moderation::Moderation::new(config.moderation.clone()));
-    let scorer = load_scorer(&config.moderation.model)?;
+    // The write path: here, or a bridge of the cluster reached over the bus.
     let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(4096);
+    let mut accepted_rx = Some(accepted_rx);
+    let (bridge, ingest): (Option<RunningBridge>, Arc<dyn wire::ingest::Ingest>) =
+        if roles.runs(ClusterRole::Bridge) {
+            let (count, window) = (
+                config.bridge.rate_limit_count,
+                Duration::from_secs(config.bridge.rate_limit_window_s),
+            );
+            // Shared by the bridges of a cluster; in memory for one.
+            let (sequencer, limits): (
+                Arc<dyn bridge::sequence::Sequencer>,
+                Arc<dyn bridge::limits::Limits>,
+            ) = match &redis_client {
+                None => (
+                    Arc::new(bridge::sequence::MemorySequencer::default()),
+                    Arc::new(bridge::limits::LocalLimits::new(count, window)),
+                ),
+                Some(client) => {
+                    let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+                    let prefix = config.bus.redis.prefix.clone();
+                    (
+                        Arc::new(bridge::sequence::RedisSequencer::new(
+                            conn.clone(),
+                            prefix.clone(),
+                        )),
+                        Arc::new(bridge::limits::RedisLimits::new(
+                            conn, prefix, count, window,
+                        )),
+                    )
+                }
+            };
+            let stop = BridgeShutdown::default();
+            let (bridge, tasks) = Bridge::start(
+                config.bridge.clone(),
+                BridgeDeps {
+                    store: store.clone(),
+                    bus: bus.clone(),
+                    streams: streams.clone(),
+                    moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
+                    accepted: Some(accepted_tx),
+                    sequencer,
+                    limits,
+                },
+                stop.clone(),
+            )?;
+            let forward = match (&redis_client, roles.runs(ClusterRole::Moderation)) {
+                (Some(client), false) => Some(tokio::spawn(bridge::bus::redis::forward_accepted(
+                    client.clone(),
+                    config.bus.redis.prefix.clone(),
+                    accepted_rx.take().expect("taken once"),
+                ))),
+                _ => None,
+            };
+            let ingest = Arc::new(bridge.clone());
+            (
+                Some(RunningBridge {
+                    stop,
+                    bridge,
+                    tasks,
+                    forward,
+                }),
+                ingest,
+            )
+        } else {
+            drop(accepted_tx);
+            (None, Arc::new(RemoteIngest::new(bus.clone())))
+        };
 
-    let bridge_stop = BridgeShutdown::default();
-    let (bridge, bridge_tasks) = Bridge::start(
-        config.bridge.clone(),
-        BridgeDeps {
-            store: store.clone(),
-            bus: bus.clone(),
-            streams: streams.clone(),
-            moderation,
-            accepted: Some(accepted_tx),
-            sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
-        },
-        bridge_stop.clone(),
-    )?;
-    let bridge_handle = bridge.clone();
-    let bridge: Arc<dyn wire::ingest::Ingest> = Arc::new(bridge);
-    let moderation_stop = CancellationToken::new();
-    let moderation_task = tokio::spawn(moderation::run(
-        config.moderation.model.clone(),
-        accepted_rx,
-        scorer,
-        bridge.clone(),
-        moderation_stop.clone(),
-    ));
+    let moderation = if roles.runs(ClusterRole::Moderation) {
+        let scorer = load_scorer(&config.moderation.model)?;
+        let stop = CancellationToken::new();
+        let input = match (bridge.is_some(), &redis_client) {
+            (true, _) => accepted_rx.take().expect("taken once"),
+            (false, Some(client)) => bridge::bus::redis::accepted_feed(
+                client.clone(),
+                config.bus.redis.prefix.clone(),
+                node_id.clone(),
+                4096,
+                stop.clone(),
+            ),
+            (false, None) => {
+                anyhow::bail!("a moderation worker without a bridge needs the redis bus")
+            }
+        };
+        let task = tokio::spawn(moderation::run(
+            config.moderation.model.clone(),
+            input,
+            scorer,
+            ingest.clone(),
+            stop.clone(),
+        ));
+        Some((stop, task))
+    } else {
+        None
+    };
 
     let presence = wire::presence::PresenceBoard::default();
     let node_shutdown = NodeShutdown::default();
-    let node = Node::start(
-        config.broker(),
-        BrokerDeps {
-            bus: bus.clone(),
-            keys: keys.clone(),
-            streams: streams.clone(),
-            auto_create_streams: config.bridge.auto_create_streams,
-            presence: presence.clone(),
-        },
-        node_shutdown.clone(),
-    )
-    .await?;
+    let node = if roles.runs(ClusterRole::Broker) {
+        let node = Node::start(
+            config.broker(),
+            BrokerDeps {
+                bus: bus.clone(),
+                keys: keys.clone(),
+                streams: streams.clone(),
+                auto_create_streams: config.bridge.auto_create_streams,
+                presence: presence.clone(),
+            },
+            node_shutdown.clone(),
+        )
+        .await?;
+        Some(RunningNode {
+            node,
+            shutdown: node_shutdown.clone(),
+        })
+    } else {
+        None
+    };
 
-    // Retained stream states and pins live in the router's memory: publish them again after a
-    // start.
-    for s in store.list_streams().await? {
-        bus.deliver(Delivery::stream_state(&s)).await?;
-        if s.pinned.is_some() {
-            bus.deliver(Delivery::pinned(&s)).await?;
-        }
-    }
-
-    let (http_addr, http) = playback_api::run(
-        &config.http,
-        AppState {
-            streams,
-            ingest: bridge,
-            bus,
-            keys: keys.clone(),
-            metrics,
-            max_page: config.http.max_page,
-            max_comment_chars: config.bridge.max_comment_chars,
-            presence,
-        },
-        node_shutdown.intake.clone(),
-    )
-    .await?;
+    let (http_addr, http) = if roles.runs(ClusterRole::Api) {
+        let (addr, task) = playback_api::run(
+            &config.http,
+            AppState {
+                streams,
+                ingest,
+                bus,
+                keys: keys.clone(),
+                metrics,
+                max_page: config.http.max_page,
+                max_comment_chars: config.bridge.max_comment_chars,
+                presence,
+            },
+            node_shutdown.intake.clone(),
+        )
+        .await?;
+        (Some(addr), Some(task))
+    } else {
+        (None, None)
+    };
 
     let endpoints = Endpoints {
-        mqtt: node.mqtt_addr,
-        ws: node.ws_addr,
+        mqtt: node.as_ref().map(|n| n.node.mqtt_addr),
+        ws: node.as_ref().and_then(|n| n.node.ws_addr),
         http: http_addr,
     };
     write_endpoints(&config, &endpoints)?;
     tracing::info!(
-        mqtt = %endpoints.mqtt,
+        mqtt = ?endpoints.mqtt,
         ws = ?endpoints.ws,
-        http = %endpoints.http,
+        http = ?endpoints.http,
+        roles = ?config.cluster.roles,
         "livecomments is up"
     );
     Ok(Running {
         endpoints,
         keys,
         node,
-        node_shutdown,
         http,
-        bridge_stop,
-        bridge: bridge_handle,
-        bridge_tasks,
-        moderation_stop,
-        moderation: moderation_task,
+        intake: node_shutdown.intake,
+        bridge,
+        moderation,
+        bus_stop,
         store,
     })
 }
@@ -214,42 +327,58 @@ fn write_endpoints(config: &AppConfig, endpoints: &Endpoints) -> anyhow::Result<
 impl Running {
     /// Stops in an order that loses nothing: stop intake (listeners, client reads, HTTP), let
     /// the write path store and answer everything already accepted, publish what is queued,
-    /// then close client connections.
+    /// then close client connections. Roles this process does not run are skipped.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
-        self.node_shutdown.intake.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), self.node.intake_stopped())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections were still reading 10 s after intake stopped");
+        self.intake.cancel();
+        if let Some(n) = &self.node {
+            if tokio::time::timeout(Duration::from_secs(10), n.node.intake_stopped())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections were still reading 10 s after intake stopped");
+            }
         }
-        if tokio::time::timeout(Duration::from_secs(10), &mut self.http)
-            .await
-            .is_err()
-        {
-            tracing::warn!("http requests still running 10 s after shutdown began");
+        if let Some(http) = &mut self.http {
+            if tokio::time::timeout(Duration::from_secs(10), http)
+                .await
+                .is_err()
+            {
+                tracing::warn!("http requests still running 10 s after shutdown began");
+            }
         }
         // The write path stores everything already received, then moderation scores what it
         // was given (its retractions still go through the writer), then the writer stops.
-        self.bridge_stop.consumer.cancel();
-        let _ = (&mut self.bridge_tasks.consumer).await;
-        self.bridge.flush().await;
-        self.moderation_stop.cancel();
-        let _ = (&mut self.moderation).await;
-        self.bridge_stop.writer.cancel();
-        let _ = (&mut self.bridge_tasks.writer).await;
-        self.node_shutdown.relay.cancel();
-        self.node.relay_finished().await;
-        // Give connections a moment to write the last frames and answers.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.node_shutdown.close.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), self.node.connections_closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections did not close within 5 s");
+        if let Some(b) = &mut self.bridge {
+            b.stop.consumer.cancel();
+            let _ = (&mut b.tasks.consumer).await;
+            b.bridge.flush().await;
         }
+        if let Some((stop, task)) = &mut self.moderation {
+            stop.cancel();
+            let _ = task.await;
+        }
+        if let Some(b) = &mut self.bridge {
+            b.stop.writer.cancel();
+            let _ = (&mut b.tasks.writer).await;
+            if let Some(forward) = &mut b.forward {
+                let _ = forward.await;
+            }
+        }
+        if let Some(n) = &mut self.node {
+            n.shutdown.relay.cancel();
+            n.node.relay_finished().await;
+            // Give connections a moment to write the last frames and answers.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            n.shutdown.close.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), n.node.connections_closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some connections did not close within 5 s");
+            }
+        }
+        self.bus_stop.cancel();
         drop(self.store);
         tracing::info!("stopped");
     }

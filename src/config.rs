@@ -31,7 +31,66 @@ pub struct AppConfig {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub moderation: moderation::ModerationConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
+}
+
+/// What one process of a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterRole {
+    /// An MQTT node: gatekeeper, router, relay.
+    Broker,
+    /// The write path: validates, numbers, stores, publishes.
+    Bridge,
+    /// The toxicity model over accepted comments.
+    Moderation,
+    /// The HTTP API.
+    Api,
+}
+
+impl ClusterRole {
+    pub const ALL: [ClusterRole; 4] = [
+        ClusterRole::Broker,
+        ClusterRole::Bridge,
+        ClusterRole::Moderation,
+        ClusterRole::Api,
+    ];
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The roles this process runs; all four is the embedded default. Anything less needs
+    /// the shared bus and store (`bus.backend = "redis"`, `store.backend = "cassandra"`).
+    pub roles: Vec<ClusterRole>,
+    /// This process's name on the bus (consumer name, reply channel); empty: host name and
+    /// process id. Must be unique in the cluster.
+    pub node_id: String,
+}
+
+impl ClusterConfig {
+    pub fn runs(&self, role: ClusterRole) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Whether this process runs only part of the system.
+    pub fn is_split(&self) -> bool {
+        !ClusterRole::ALL.iter().all(|r| self.runs(*r))
+    }
+
+    pub fn node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +120,20 @@ pub struct StoreConfig {
 #[serde(rename_all = "snake_case")]
 pub enum BusBackend {
     Memory,
+    Redis,
+}
+
+/// `[bus.redis]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key and channel, so several systems can share one Redis.
+    pub prefix: String,
+    /// A submission pending this long with a consumer that died is claimed by another bridge.
+    pub claim_idle_ms: u64,
+    /// A node leaves a stream's channel this long after its last local viewer left.
+    pub unwatch_linger_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +141,7 @@ pub enum BusBackend {
 pub struct BusConfig {
     pub backend: BusBackend,
     pub queue_capacity: usize,
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +187,9 @@ impl AppConfig {
                 Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("cluster.roles"),
             );
         }
         if let Some(dir) = &sources.data_dir {
@@ -144,8 +220,48 @@ impl AppConfig {
         if self.bus.queue_capacity == 0 {
             errors.push("bus.queue_capacity must be at least 1".into());
         }
+        errors.extend(self.validate_cluster());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             errors.push(format!("log.level is not a valid filter: {e}"));
+        }
+        errors
+    }
+
+    fn validate_cluster(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let roles = &self.cluster.roles;
+        if roles.is_empty() {
+            errors.push("cluster.roles must name at least one role".into());
+        }
+        let mut unique = roles.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != roles.len() {
+            errors.push("cluster.roles names a role twice".into());
+        }
+        if self.cluster.is_split() && self.bus.backend != BusBackend::Redis {
+            errors.push(
+                "a process with only some cluster.roles needs bus.backend = \"redis\"".into(),
+            );
+        }
+        if self.cluster.is_split() && self.store.backend == StoreBackend::Embedded {
+            errors.push(
+                "a process with only some cluster.roles needs a shared store \
+                 (store.backend = \"cassandra\"); the embedded store belongs to one process"
+                    .into(),
+            );
+        }
+        if self.bus.backend == BusBackend::Redis {
+            let r = &self.bus.redis;
+            if !r.url.starts_with("redis://") && !r.url.starts_with("rediss://") {
+                errors.push(format!("bus.redis.url must be redis://… (got {:?})", r.url));
+            }
+            if r.prefix.is_empty() || r.prefix.contains(char::is_whitespace) {
+                errors.push("bus.redis.prefix must be a non-empty word".into());
+            }
+            if r.claim_idle_ms < 1000 {
+                errors.push("bus.redis.claim_idle_ms must be at least 1000".into());
+            }
         }
         errors
     }

@@ -19,10 +19,14 @@ async fn publishing_outside_the_policy_closes_the_connection_and_reaches_nobody(
     let mut viewer = Client::must(sys.tcp("vic", &sys.token("vic", Role::Viewer))).await;
     assert!(granted(&viewer.subscribe("streams/s1/#").await));
     assert!(granted(&viewer.subscribe("users/vic/inbox").await));
-    // The retained state arrives on subscribe; take it out of the way.
+    // The retained state and pin arrive on subscribe; take them out of the way.
     assert_eq!(
         viewer.next_on("streams/s1/state", WAIT).await.unwrap()["status"],
         "live"
+    );
+    assert_eq!(
+        viewer.next_on("streams/s1/pinned", WAIT).await,
+        Some(serde_json::json!({"pinned": null}))
     );
 
     let forged = r#"{"v":1,"events":[{"type":"comment","id":"x","seq":999,"text":"forged"}]}"#;

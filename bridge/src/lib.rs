@@ -20,7 +20,9 @@
 //! - [`store`] — storage implementations (`embedded`: redb).
 
 pub mod bus;
+pub mod limits;
 pub mod ratelimit;
+pub mod remote;
 pub mod sequence;
 pub mod store;
 pub mod validate;
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::bus::{Bus, Received, Submission};
+use wire::bus::{Bus, Call, CallResult, Received, Request, Submission};
 use wire::event::Comment;
 use wire::inbox::{Outcome, RejectCode, Rejected};
 use wire::ingest::Ingest;
@@ -43,7 +45,7 @@ use wire::store::Store;
 use wire::streams::StreamDirectory;
 
 /// How long an HTTP post may wait for the write path before it is answered `unavailable`.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `[bridge]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +97,8 @@ pub struct BridgeDeps {
     pub accepted: Option<mpsc::Sender<Comment>>,
     /// Hands out `seq`s (in memory, or shared by a cluster's bridges).
     pub sequencer: Arc<dyn sequence::Sequencer>,
+    /// Comment rate and slow mode (in memory, or shared by a cluster's bridges).
+    pub limits: Arc<dyn limits::Limits>,
 }
 
 pub(crate) enum Job {
@@ -134,8 +138,9 @@ impl Bridge {
         let bridge = Bridge {
             jobs: jobs_tx.clone(),
         };
+        let bus = deps.bus.clone();
         let writer = writer::Writer::new(config, deps);
-        let consumer = tokio::spawn(consume(submissions, jobs_tx, shutdown.consumer));
+        let consumer = tokio::spawn(consume(submissions, bridge.clone(), bus, shutdown.consumer));
         let writer = tokio::spawn(writer.run(jobs_rx, shutdown.writer));
         Ok((bridge, BridgeTasks { consumer, writer }))
     }
@@ -165,25 +170,23 @@ pub struct BridgeTasks {
     pub writer: JoinHandle<()>,
 }
 
-/// Feeds MQTT submissions from the bus to the writer.
+/// Feeds requests from the bus to the writer: submissions from nodes (answered on the
+/// author's inbox) and calls from processes without a write path (answered to the caller).
 async fn consume(
-    mut submissions: mpsc::Receiver<Received>,
-    jobs: mpsc::Sender<Job>,
+    mut requests: mpsc::Receiver<Received>,
+    bridge: Bridge,
+    bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
 ) {
+    let calls = tokio_util::task::TaskTracker::new();
     loop {
         let next = tokio::select! {
-            s = submissions.recv() => s,
+            r = requests.recv() => r,
             _ = shutdown.cancelled() => {
                 // Drain what nodes already accepted (and PUBACKed) before stopping.
-                submissions.close();
-                while let Some(r) = submissions.recv().await {
-                    let job = Job::Submit {
-                        submission: r.submission,
-                        reply: writer::Reply::Inbox,
-                        receipt: r.receipt,
-                    };
-                    if jobs.send(job).await.is_err() {
+                requests.close();
+                while let Some(r) = requests.recv().await {
+                    if !take(r, &bridge, &bus, &calls).await {
                         break;
                     }
                 }
@@ -191,13 +194,48 @@ async fn consume(
             }
         };
         let Some(r) = next else { break };
-        let job = Job::Submit {
-            submission: r.submission,
-            reply: writer::Reply::Inbox,
-            receipt: r.receipt,
-        };
-        if jobs.send(job).await.is_err() {
+        if !take(r, &bridge, &bus, &calls).await {
             break;
+        }
+    }
+    calls.close();
+    calls.wait().await;
+}
+
+/// Queues one request; false once the writer is gone.
+async fn take(
+    r: Received,
+    bridge: &Bridge,
+    bus: &Arc<dyn Bus>,
+    calls: &tokio_util::task::TaskTracker,
+) -> bool {
+    match r.request {
+        Request::Submission(submission) => {
+            let job = Job::Submit {
+                submission,
+                reply: writer::Reply::Inbox,
+                receipt: r.receipt,
+            };
+            bridge.jobs.send(job).await.is_ok()
+        }
+        Request::Call { call, reply_to } => {
+            // Each call waits for its own answer; the writer still processes them in order.
+            let (bridge, bus, receipt) = (bridge.clone(), bus.clone(), r.receipt);
+            calls.spawn(async move {
+                let result = match call {
+                    Call::Submit(s) => CallResult::Submitted(bridge.submit(s).await),
+                    Call::Act(a) => CallResult::Acted(Box::new(bridge.act(a).await)),
+                };
+                if let Err(e) = bus.reply(&reply_to, &result).await {
+                    tracing::warn!(error = %e, "answering a call failed");
+                }
+                if let Some(receipt) = receipt {
+                    if let Err(e) = bus.confirm(&[receipt]).await {
+                        tracing::warn!(error = %e, "confirming a call failed");
+                    }
+                }
+            });
+            true
         }
     }
 }

@@ -52,6 +52,10 @@ pub struct DeliveryConfig {
     /// Above this many comments per second in one stream, live delivery keeps a fraction
     /// (always keeping the broadcaster's, moderators' and replies); 0 turns sampling off.
     pub sampling_threshold_per_s: u32,
+    /// Events of a stream are published in `seq` order: one that arrives ahead of a missing
+    /// `seq` (several bridges of a cluster publish concurrently) waits at most this long for
+    /// it; a `seq` that never comes (a failed write) then stops holding the others.
+    pub reorder_wait_ms: u64,
 }
 
 /// `[reactions]` — emoji reactions, aggregated per node.

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use wire::auth::Identity;
-use wire::bus::{Author, Channel, Origin, Submission, SubmissionKind};
+use wire::bus::{Author, Channel, Delivery, Origin, Submission, SubmissionKind};
 use wire::inbox::{InboxMessage, RejectCode, Rejected};
 use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
@@ -53,6 +53,8 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// Direct messages (inbox answers, private frames) queued per connection before further ones
 /// are dropped.
 const DIRECT_QUEUE: usize = 64;
+/// How long a connection stays open after refusing a post, so the refusal is read first.
+const REFUSED_LINGER: Duration = Duration::from_millis(300);
 
 pub(crate) struct NodeCtx {
     pub config: BrokerConfig,
@@ -65,6 +67,45 @@ pub(crate) struct NodeCtx {
     pub readers: tokio_util::task::TaskTracker,
     pub reactions: Arc<crate::reactions::Reactions>,
     pub viewers: Arc<crate::presence::Viewers>,
+    /// Deliveries for this node only, straight to the relay (retained state on first watch).
+    pub local: mpsc::Sender<Local>,
+}
+
+impl NodeCtx {
+    /// Publishes a stream's retained state and pin on this node from the store, and returns
+    /// once the relay handed them to the router. Run when the node gets its first viewer of
+    /// the stream, before that viewer's subscription reaches the router (so it gets them once,
+    /// as retained messages): the router's retained messages live in memory, and with a
+    /// shared bus this node missed changes made while nobody watched here. The relay drops
+    /// them if a newer version was already published.
+    async fn bootstrap(&self, stream: &StreamId) {
+        let s = match self.deps.streams.get(stream, Duration::ZERO).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, %stream, "reading the stream's state failed");
+                return;
+            }
+        };
+        let (done, barrier) = tokio::sync::oneshot::channel();
+        for l in [
+            Local::Deliver(Delivery::stream_state(&s)),
+            Local::Deliver(Delivery::pinned(&s)),
+            Local::Barrier(done),
+        ] {
+            if self.local.send(l).await.is_err() {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), barrier).await;
+    }
+}
+
+/// What a connection asks of its node's relay directly.
+pub(crate) enum Local {
+    Deliver(Delivery),
+    /// Answered once everything sent before it went to the router.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Why a connection ended.
@@ -379,7 +420,28 @@ impl Session {
                 Err(c) => Err(c),
             };
             if let Err(close) = step {
+                if matches!(close, Close::Refused) {
+                    // The `unavailable` answer written just before must reach the client, and
+                    // apart from the close: a client that reads the answer and the FIN in one
+                    // go may drop the answer (rumqttc does), so the close waits a moment.
+                    let _ = self.flush().await;
+                    self.linger(REFUSED_LINGER).await;
+                }
                 return close;
+            }
+        }
+    }
+
+    /// Reads and discards what the client sends for up to `wait` (or until it closes), so
+    /// the last answer reaches it ahead of the close.
+    async fn linger(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(deadline, self.transport.read(&mut self.read_buf)).await
+        {
+            self.read_buf.clear();
+            if n == 0 {
+                break;
             }
         }
     }
@@ -471,13 +533,14 @@ impl Session {
         let refused = if self.reader.is_none() || self.ctx.shutdown.intake.is_cancelled() {
             Some("the node is shutting down".to_string())
         } else {
-            self.ctx
-                .deps
-                .bus
-                .submit(submission)
-                .await
-                .err()
-                .map(|e| e.to_string())
+            self.ctx.deps.bus.submit(submission).await.err().map(|e| {
+                tracing::warn!(error = %e, "the bus did not take a post");
+                match e {
+                    wire::bus::BusError::Full => "the write path is overloaded",
+                    _ => "the write path is unreachable",
+                }
+                .to_string()
+            })
         };
         if let Some(why) = refused {
             // No PUBACK: the client learns the post was not taken and sends it again after
@@ -488,7 +551,7 @@ impl Session {
                 Rejected::new(
                     client_msg_id(&p.payload),
                     RejectCode::Unavailable,
-                    "the service is overloaded; retry with the same client_msg_id",
+                    format!("the post was not taken ({why}); retry with the same client_msg_id"),
                 )
                 .retry_after(1000),
             )?;
@@ -548,6 +611,7 @@ impl Session {
     ) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut new_topics = Vec::new();
+        let mut first_viewer = Vec::new();
         for f in &s.filters {
             let granted = match topics::parse_subscribe(&f.path) {
                 Some(SubscribeTarget::Inbox(user)) if user == self.identity.user => {
@@ -563,7 +627,9 @@ impl Session {
                             *n += 1;
                             if *n == 1 {
                                 new_topics.push(t.clone());
-                                self.watch(&stream, 1);
+                                if self.watch(&stream, 1) {
+                                    first_viewer.push(stream.clone());
+                                }
                             }
                         }
                         self.filters.insert(f.path.clone(), topics);
@@ -584,6 +650,9 @@ impl Session {
         }
         // Answered here (granted QoS is always 0); the router's own SUBACK is ignored.
         self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, codes)))?;
+        for stream in first_viewer {
+            self.ctx.bootstrap(&stream).await;
+        }
         if !new_topics.is_empty() {
             let filters = new_topics
                 .into_iter()
@@ -644,13 +713,16 @@ impl Session {
 
     /// Counts the topics this connection holds per stream; the first one makes it a viewer of
     /// the stream, dropping the last one stops that.
-    fn watch(&mut self, stream: &StreamId, delta: i32) {
+    /// Returns true for the node's first viewer of the stream.
+    fn watch(&mut self, stream: &StreamId, delta: i32) -> bool {
         let n = self.watching.entry(stream.clone()).or_insert(0);
         let before = *n;
         *n = n.saturating_add_signed(delta);
         let bus = &self.ctx.deps.bus;
+        let mut first = false;
         if before == 0 && *n > 0 && self.ctx.viewers.join(stream, &self.identity.user) {
             bus.watch(Channel::Stream(stream.clone()));
+            first = true;
         }
         if before > 0 && *n == 0 {
             if self.ctx.viewers.leave(stream) {
@@ -658,6 +730,7 @@ impl Session {
             }
             self.watching.remove(stream);
         }
+        first
     }
 
     async fn stream_exists(&self, stream: &wire::StreamId) -> bool {

@@ -111,7 +111,9 @@ impl Node {
         let readers = TaskTracker::new();
         let reactions = Arc::new(reactions::Reactions::new(&config.reactions));
         let viewers = Arc::new(presence::Viewers::default());
+        let (local_tx, local_rx) = tokio::sync::mpsc::channel(1024);
         let ctx = Arc::new(connection::NodeCtx {
+            local: local_tx,
             config: config.clone(),
             deps: deps.clone(),
             broker: router.broker.clone(),
@@ -173,6 +175,7 @@ impl Node {
         let deliveries = deps.bus.take_deliveries()?;
         let relay = tokio::spawn(relay::run(
             deliveries,
+            local_rx,
             router.link,
             registry,
             flusher,

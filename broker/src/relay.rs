@@ -14,7 +14,7 @@
 //! changes; `"rate":1.0` announces the end. Storage, replay and catch-up are not sampled.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,74 @@ struct Pending {
     keep_fraction: f64,
     /// Sampling is on: from a second above the threshold until one below 80 % of it.
     sampling: bool,
+    order: Order,
+}
+
+/// A stream's events in `seq` order.
+#[derive(Default)]
+struct Order {
+    /// The `seq` expected next (unknown until the first event).
+    next: Option<u64>,
+    /// Events that arrived ahead of a missing `seq`, by `seq`.
+    held: BTreeMap<u64, Admitted>,
+    /// When the held events go out even if the gap is not filled.
+    hold_until: Option<Instant>,
+}
+
+impl Order {
+    /// Takes an event; returns what may go out now, in order, and the deadline of a hold
+    /// that this event started. A late or repeated `seq` goes out at once: delivering late
+    /// beats dropping.
+    fn put(
+        &mut self,
+        seq: u64,
+        a: Admitted,
+        now: Instant,
+        wait: Duration,
+    ) -> (Vec<Admitted>, Option<Instant>) {
+        match self.next {
+            Some(next) if seq > next => {
+                self.held.insert(seq, a);
+                if self.hold_until.is_some() {
+                    return (Vec::new(), None);
+                }
+                let until = now + wait;
+                self.hold_until = Some(until);
+                return (Vec::new(), Some(until));
+            }
+            Some(next) if seq < next => return (vec![a], None),
+            _ => self.next = Some(seq + 1),
+        }
+        let mut out = vec![a];
+        while let Some(next) = self.next {
+            let Some(a) = self.held.remove(&next) else {
+                break;
+            };
+            self.next = Some(next + 1);
+            out.push(a);
+        }
+        if self.held.is_empty() {
+            self.hold_until = None;
+        }
+        (out, None)
+    }
+
+    /// Gives up waiting for the gap: everything held, in order.
+    fn release(&mut self) -> Vec<Admitted> {
+        self.hold_until = None;
+        let held = std::mem::take(&mut self.held);
+        if let Some((&last, _)) = held.last_key_value() {
+            self.next = Some(last + 1);
+        }
+        held.into_values().collect()
+    }
+}
+
+/// A stream event, in order, before sampling.
+struct Admitted {
+    event: Bytes,
+    received_at_ms: i64,
+    keep: bool,
 }
 
 impl Default for Pending {
@@ -66,6 +134,7 @@ impl Default for Pending {
             bucket_count: 0,
             keep_fraction: 1.0,
             sampling: false,
+            order: Order::default(),
         }
     }
 }
@@ -86,10 +155,14 @@ struct Relay {
     touched: Vec<StreamId>,
     /// The version of the last retained message published per topic.
     retained_versions: HashMap<String, u64>,
+    reorder_wait: Duration,
+    /// When streams' held events are due (see `Pending::hold_until`).
+    gap_timers: BinaryHeap<Reverse<(Instant, StreamId)>>,
 }
 
 pub(crate) async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
+    mut local: mpsc::Receiver<crate::connection::Local>,
     (link, link_rx): (LinkTx, LinkRx),
     registry: Arc<Registry>,
     reactions: Arc<Flusher>,
@@ -111,11 +184,17 @@ pub(crate) async fn run(
         timers: BinaryHeap::new(),
         touched: Vec::new(),
         retained_versions: HashMap::new(),
+        reorder_wait: Duration::from_millis(config.reorder_wait_ms),
+        gap_timers: BinaryHeap::new(),
     };
     let mut rates = tokio::time::interval(RATE_BUCKET);
     rates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let next_due = relay.timers.peek().map(|Reverse((at, _))| *at);
+        let next_due = [relay.timers.peek(), relay.gap_timers.peek()]
+            .into_iter()
+            .flatten()
+            .map(|Reverse((at, _))| *at)
+            .min();
         tokio::select! {
             _ = rates.tick() => {
                 // Ends sampling of streams that went quiet.
@@ -133,6 +212,15 @@ pub(crate) async fn run(
                 }
                 relay.decide();
             }
+            Some(l) = local.recv() => match l {
+                crate::connection::Local::Deliver(d) => {
+                    relay.take(d);
+                    relay.decide();
+                }
+                crate::connection::Local::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            },
             _ = sleep_until_opt(next_due) => relay.flush_due(),
             _ = stop.cancelled() => {
                 // Publish everything already queued (the like counts from the drained write
@@ -141,6 +229,7 @@ pub(crate) async fn run(
                 while let Ok(d) = deliveries.try_recv() {
                     relay.take(d);
                 }
+                relay.release_all_held();
                 relay.reactions.flush().await;
                 while let Ok(d) = deliveries.try_recv() {
                     relay.take(d);
@@ -210,20 +299,16 @@ impl Relay {
             Delivery::Stream {
                 stream,
                 event,
+                seq,
                 received_at_ms,
                 keep,
             } => {
-                let threshold = self.sampling_threshold;
-                let p = self.streams.entry(stream.clone()).or_default();
-                p.bucket_count += 1;
-                if let Some(notice) = remeasure(p, threshold, Instant::now()) {
-                    push(p, &mut self.touched, &stream, notice, received_at_ms);
-                }
-                if !keep && p.keep_fraction < 1.0 && rand::random::<f64>() >= p.keep_fraction {
-                    metrics::counter!("livecomments_sampled_out_total").increment(1);
-                    return;
-                }
-                push(p, &mut self.touched, &stream, event, received_at_ms);
+                let a = Admitted {
+                    event,
+                    received_at_ms,
+                    keep,
+                };
+                self.order(stream, seq, a);
             }
             Delivery::Topic { topic, payload } => {
                 if let Err(e) = router::publish(&mut self.link, topic, payload) {
@@ -254,8 +339,9 @@ impl Relay {
                     tracing::warn!(%topic, "refusing to publish an empty retained message");
                     return;
                 }
+                // Equal versions are the same record (a node's own bootstrap and the bus).
                 let last = self.retained_versions.entry(topic.clone()).or_default();
-                if version < *last {
+                if version <= *last && version > 0 {
                     tracing::debug!(%topic, version, last = *last, "dropping an older retained message");
                     return;
                 }
@@ -285,6 +371,63 @@ impl Relay {
         }
     }
 
+    /// Puts a stream event in `seq` order and admits what may go out.
+    fn order(&mut self, stream: StreamId, seq: u64, a: Admitted) {
+        let wait = self.reorder_wait;
+        let p = self.streams.entry(stream.clone()).or_default();
+        let (out, hold) = p.order.put(seq, a, Instant::now(), wait);
+        if let Some(until) = hold {
+            metrics::counter!("livecomments_relay_reordered_total").increment(1);
+            self.gap_timers.push(Reverse((until, stream.clone())));
+        }
+        for a in out {
+            self.admit(&stream, a);
+        }
+    }
+
+    /// Gives up waiting for a gap: admits everything held, in order.
+    fn release_held(&mut self, stream: &StreamId) {
+        let Some(p) = self.streams.get_mut(stream) else {
+            return;
+        };
+        let out = p.order.release();
+        if !out.is_empty() {
+            metrics::counter!("livecomments_relay_gaps_total").increment(1);
+        }
+        for a in out {
+            self.admit(stream, a);
+        }
+    }
+
+    fn release_all_held(&mut self) {
+        let streams: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, p)| !p.order.held.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in streams {
+            self.release_held(&s);
+        }
+    }
+
+    /// Sampling, then the stream's next frame.
+    fn admit(&mut self, stream: &StreamId, a: Admitted) {
+        let threshold = self.sampling_threshold;
+        let Some(p) = self.streams.get_mut(stream) else {
+            return;
+        };
+        p.bucket_count += 1;
+        if let Some(notice) = remeasure(p, threshold, Instant::now()) {
+            push(p, &mut self.touched, stream, notice, a.received_at_ms);
+        }
+        if !a.keep && p.keep_fraction < 1.0 && rand::random::<f64>() >= p.keep_fraction {
+            metrics::counter!("livecomments_sampled_out_total").increment(1);
+            return;
+        }
+        push(p, &mut self.touched, stream, a.event, a.received_at_ms);
+    }
+
     /// For each stream that got events: flush now if it was quiet, else schedule.
     fn decide(&mut self) {
         let now = Instant::now();
@@ -308,6 +451,22 @@ impl Relay {
 
     fn flush_due(&mut self) {
         let now = Instant::now();
+        let mut released = false;
+        while let Some(Reverse((at, _))) = self.gap_timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, stream))) = self.gap_timers.pop() else {
+                break;
+            };
+            if self.streams.get(&stream).and_then(|p| p.order.hold_until) == Some(at) {
+                self.release_held(&stream);
+                released = true;
+            }
+        }
+        if released {
+            self.decide();
+        }
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -324,7 +483,9 @@ impl Relay {
         if self.streams.len() > 1024 {
             let window = self.window;
             self.streams.retain(|_, p| {
-                !p.events.is_empty() || p.last_flush.is_some_and(|t| now < t + window * 100)
+                !p.events.is_empty()
+                    || !p.order.held.is_empty()
+                    || p.last_flush.is_some_and(|t| now < t + window * 100)
             });
         }
     }
@@ -386,6 +547,45 @@ mod tests {
         p.bucket_start = Instant::now() - RATE_BUCKET;
         p.bucket_count = rate;
         remeasure(p, threshold, Instant::now()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    fn ev(n: u64) -> Admitted {
+        Admitted {
+            event: Bytes::from(n.to_string()),
+            received_at_ms: 0,
+            keep: false,
+        }
+    }
+
+    fn seqs(out: &[Admitted]) -> Vec<String> {
+        out.iter()
+            .map(|a| String::from_utf8(a.event.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn events_go_out_in_seq_order_and_a_gap_waits_only_so_long() {
+        let (now, wait) = (Instant::now(), Duration::from_millis(100));
+        let mut o = Order::default();
+        assert_eq!(
+            seqs(&o.put(5, ev(5), now, wait).0),
+            ["5"],
+            "the first sets the start"
+        );
+        let (out, hold) = o.put(7, ev(7), now, wait);
+        assert!(out.is_empty());
+        assert_eq!(hold, Some(now + wait), "7 waits for 6");
+        let (out, hold) = o.put(8, ev(8), now, wait);
+        assert!(out.is_empty() && hold.is_none(), "one hold at a time");
+        assert_eq!(seqs(&o.put(6, ev(6), now, wait).0), ["6", "7", "8"]);
+        assert!(o.hold_until.is_none());
+        // A gap that is never filled (a failed write): released in order after the wait.
+        o.put(11, ev(11), now, wait);
+        o.put(10, ev(10), now, wait);
+        assert_eq!(seqs(&o.release()), ["10", "11"]);
+        assert_eq!(seqs(&o.put(12, ev(12), now, wait).0), ["12"]);
+        // Late and repeated events still go out.
+        assert_eq!(seqs(&o.put(9, ev(9), now, wait).0), ["9"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -93,7 +94,7 @@ impl System {
     }
 
     pub fn mqtt_port(&self) -> u16 {
-        self.running().endpoints.mqtt.port()
+        self.running().endpoints.mqtt.expect("a broker").port()
     }
 
     pub fn ws_port(&self) -> u16 {
@@ -101,7 +102,10 @@ impl System {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running().endpoints.http)
+        format!(
+            "http://{}{path}",
+            self.running().endpoints.http.expect("an api")
+        )
     }
 
     pub fn keys(&self) -> &JwtKeys {

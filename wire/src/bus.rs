@@ -10,6 +10,7 @@
 //! implementation (Redis) provides the same trait.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +20,8 @@ use tokio::sync::mpsc;
 use crate::auth::{Identity, Role};
 use crate::event::StreamState;
 use crate::ids::{StreamId, UserId};
+use crate::inbox::Outcome;
+use crate::moderation::{Action, ActionError, ActionOutcome};
 use crate::topics;
 
 /// The verified author of a submission.
@@ -86,6 +89,8 @@ pub enum Delivery {
     Stream {
         stream: StreamId,
         event: Bytes,
+        /// The event's `seq`: nodes publish a stream's events in this order.
+        seq: u64,
         received_at_ms: i64,
         /// Never dropped by sampling (moderation events, comments by the broadcaster and
         /// moderators, replies).
@@ -176,12 +181,53 @@ impl Delivery {
     }
 }
 
-/// A submission taken from the bus. Once it has been answered, its `receipt` is confirmed;
-/// an unconfirmed submission is handed to another consumer if this one dies.
+/// A request taken from the bus. Once it has been answered, its `receipt` is confirmed;
+/// an unconfirmed request is handed to another consumer if this one dies.
 #[derive(Debug)]
 pub struct Received {
-    pub submission: Submission,
+    pub request: Request,
     pub receipt: Option<String>,
+}
+
+/// What the write path is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// A client's submission from a node; answered on the author's inbox.
+    Submission(Submission),
+    /// A call from a process without a write path of its own (an API server, a moderation
+    /// worker); answered to `reply_to`.
+    Call { call: Call, reply_to: ReplyTo },
+}
+
+impl Received {
+    /// A submission with nothing to confirm (the in-process bus).
+    pub fn submission(submission: Submission) -> Received {
+        Received {
+            request: Request::Submission(submission),
+            receipt: None,
+        }
+    }
+}
+
+/// A call to the write path over the bus: the [`crate::ingest::Ingest`] methods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Call {
+    Submit(Submission),
+    Act(Action),
+}
+
+/// The result of a [`Call`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CallResult {
+    Submitted(Outcome),
+    Acted(Box<Result<ActionOutcome, ActionError>>),
+}
+
+/// Where the result of a call goes: the caller's reply channel and its call id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    pub channel: String,
+    pub id: u64,
 }
 
 #[async_trait]
@@ -193,6 +239,17 @@ pub trait Bus: Send + Sync + 'static {
     fn take_submissions(&self) -> Result<mpsc::Receiver<Received>, BusError>;
     /// Confirms that submissions were answered.
     async fn confirm(&self, _receipts: &[String]) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// Calls the write path of another process and waits at most `timeout` for the result.
+    /// Only a shared bus has one; a process with its own write path calls it directly.
+    async fn call(&self, _call: Call, _timeout: Duration) -> Result<CallResult, BusError> {
+        Err(BusError::Unavailable(
+            "this bus reaches no write path in another process".into(),
+        ))
+    }
+    /// Sends a call's result back to its caller.
+    async fn reply(&self, _to: &ReplyTo, _result: &CallResult) -> Result<(), BusError> {
         Ok(())
     }
     /// Publishes to broker nodes; waits while the nodes' queue is full (back-pressure).
@@ -238,14 +295,12 @@ fn take<T>(slot: &Mutex<Option<T>>, what: &'static str) -> Result<T, BusError> {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn submit(&self, submission: Submission) -> Result<(), BusError> {
-        let received = Received {
-            submission,
-            receipt: None,
-        };
-        self.submit_tx.try_send(received).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => BusError::Full,
-            mpsc::error::TrySendError::Closed(_) => BusError::Closed,
-        })
+        self.submit_tx
+            .try_send(Received::submission(submission))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => BusError::Full,
+                mpsc::error::TrySendError::Closed(_) => BusError::Closed,
+            })
     }
 
     fn take_submissions(&self) -> Result<mpsc::Receiver<Received>, BusError> {

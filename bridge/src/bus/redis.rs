@@ -14,8 +14,8 @@
 //! Messages are postcard-encoded `Submission`s and `Delivery`s.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,10 +24,12 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wire::bus::{Bus, BusError, Channel, Delivery, Received, Submission};
+use wire::bus::{
+    Bus, BusError, Call, CallResult, Channel, Delivery, Received, ReplyTo, Request, Submission,
+};
 
 /// `[bus]` settings used by the Redis bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +45,8 @@ pub struct RedisBusConfig {
 }
 
 const GROUP: &str = "bridges";
+/// How long a node waits for Redis to take a submission before telling the client to retry.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_COUNT: usize = 256;
 
 enum WatchCmd {
@@ -60,6 +64,27 @@ pub struct RedisBus {
     deliveries: Mutex<Option<mpsc::Receiver<Delivery>>>,
     submissions_taken: AtomicBool,
     shutdown: CancellationToken,
+    /// This process's reply channel for calls, `{prefix}:r:{consumer}`.
+    reply_channel: String,
+    next_call: AtomicU64,
+    /// Calls waiting for their result.
+    pending: Pending,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<CallResult>>>>;
+
+/// A call on the submission stream (JSON: its types carry tagged enums).
+#[derive(Serialize, Deserialize)]
+struct CallEnvelope {
+    call: Call,
+    reply_to: ReplyTo,
+}
+
+/// A call's result on the caller's reply channel.
+#[derive(Serialize, Deserialize)]
+struct ReplyEnvelope {
+    id: u64,
+    result: CallResult,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -83,13 +108,26 @@ impl RedisBus {
             .map_err(unavailable)?;
         let (watch_tx, watch_rx) = mpsc::unbounded_channel();
         let (deliver_tx, deliver_rx) = mpsc::channel(config.queue_capacity);
+        let reply_channel = format!("{}:r:{consumer}", config.prefix);
+        let pending: Pending = Arc::default();
+        let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(pubsub_task(
             client.clone(),
             watch_rx,
             deliver_tx,
+            Replies {
+                channel: reply_channel.clone(),
+                pending: pending.clone(),
+                ready: Some(ready_tx),
+            },
             Duration::from_millis(config.unwatch_linger_ms),
             shutdown.clone(),
         ));
+        // Results of calls must not arrive before the reply channel is subscribed.
+        tokio::time::timeout(Duration::from_secs(5), ready_rx)
+            .await
+            .map_err(|_| unavailable("subscribing to the reply channel timed out"))?
+            .map_err(|_| unavailable("the pub/sub task stopped"))?;
         Ok(RedisBus {
             client,
             conn,
@@ -99,6 +137,9 @@ impl RedisBus {
             deliveries: Mutex::new(Some(deliver_rx)),
             submissions_taken: AtomicBool::new(false),
             shutdown,
+            reply_channel,
+            next_call: AtomicU64::new(1),
+            pending,
         })
     }
 
@@ -123,10 +164,14 @@ impl Bus for RedisBus {
     async fn submit(&self, submission: Submission) -> Result<(), BusError> {
         let bytes = postcard::to_allocvec(&submission).map_err(unavailable)?;
         let mut conn = self.conn.clone();
-        let _: String = conn
-            .xadd(self.stream_key(), "*", &[("s", bytes)])
-            .await
-            .map_err(unavailable)?;
+        // A node answers its client quickly either way: taken, or `unavailable` to retry.
+        let added = tokio::time::timeout(
+            SUBMIT_TIMEOUT,
+            conn.xadd::<_, _, _, _, String>(self.stream_key(), "*", &[("s", bytes)]),
+        )
+        .await
+        .map_err(|_| unavailable("redis did not answer in time"))?;
+        added.map_err(unavailable)?;
         Ok(())
     }
 
@@ -165,6 +210,51 @@ impl Bus for RedisBus {
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    async fn call(&self, call: Call, timeout: Duration) -> Result<CallResult, BusError> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let envelope = CallEnvelope {
+            call,
+            reply_to: ReplyTo {
+                channel: self.reply_channel.clone(),
+                id,
+            },
+        };
+        let bytes = serde_json::to_vec(&envelope).map_err(unavailable)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let mut conn = self.conn.clone();
+        let sent: redis::RedisResult<String> =
+            conn.xadd(self.stream_key(), "*", &[("c", bytes)]).await;
+        if let Err(e) = sent {
+            lock(&self.pending).remove(&id);
+            return Err(unavailable(e));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            _ => {
+                lock(&self.pending).remove(&id);
+                Err(BusError::Unavailable(format!(
+                    "no answer from the write path within {} ms",
+                    timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    async fn reply(&self, to: &ReplyTo, result: &CallResult) -> Result<(), BusError> {
+        let envelope = ReplyEnvelope {
+            id: to.id,
+            result: result.clone(),
+        };
+        let bytes = serde_json::to_vec(&envelope).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .publish(&to.channel, bytes)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn deliver(&self, delivery: Delivery) -> Result<(), BusError> {
@@ -206,11 +296,38 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(5)).min(2000))
 }
 
-/// Keeps one pub/sub connection subscribed to every watched channel and forwards messages.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The reply channel of this process's calls.
+struct Replies {
+    channel: String,
+    pending: Pending,
+    /// Told once the channel is subscribed.
+    ready: Option<oneshot::Sender<()>>,
+}
+
+impl Replies {
+    fn route(&self, payload: &[u8]) {
+        match serde_json::from_slice::<ReplyEnvelope>(payload) {
+            Ok(r) => {
+                if let Some(tx) = lock(&self.pending).remove(&r.id) {
+                    let _ = tx.send(r.result);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable call result dropped"),
+        }
+    }
+}
+
+/// Keeps one pub/sub connection subscribed to every watched channel (and this process's
+/// reply channel) and forwards messages.
 async fn pubsub_task(
     client: redis::Client,
     mut commands: mpsc::UnboundedReceiver<WatchCmd>,
     deliveries: mpsc::Sender<Delivery>,
+    mut replies: Replies,
     linger: Duration,
     shutdown: CancellationToken,
 ) {
@@ -233,13 +350,16 @@ async fn pubsub_task(
                 continue;
             }
         };
-        for ch in &watched {
+        for ch in std::iter::once(&replies.channel).chain(&watched) {
             if let Err(e) = sink.subscribe(ch).await {
                 tracing::warn!(error = %e, "resubscribing failed; reconnecting");
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
                 continue 'connect;
             }
+        }
+        if let Some(ready) = replies.ready.take() {
+            let _ = ready.send(());
         }
         if attempt > 0 {
             tracing::info!(channels = watched.len(), "redis pub/sub reconnected");
@@ -293,6 +413,10 @@ async fn pubsub_task(
                         tokio::time::sleep(backoff(0)).await;
                         continue 'connect;
                     };
+                    if msg.get_channel_name() == replies.channel {
+                        replies.route(msg.get_payload_bytes());
+                        continue;
+                    }
                     match postcard::from_bytes::<Delivery>(msg.get_payload_bytes()) {
                         Ok(d) => {
                             if deliveries.send(d).await.is_err() {
@@ -383,7 +507,7 @@ async fn consumer_task(
                             metrics::counter!("livecomments_submissions_claimed_total")
                                 .increment(reply.claimed.len() as u64);
                         }
-                        if forward(&tx, reply.claimed).await.is_err() {
+                        if forward(&tx, &mut conn, &key, reply.claimed).await.is_err() {
                             return;
                         }
                     }
@@ -409,7 +533,7 @@ async fn consumer_task(
             match read {
                 Ok(Some(reply)) => {
                     for k in reply.keys {
-                        if forward(&tx, k.ids).await.is_err() {
+                        if forward(&tx, &mut conn, &key, k.ids).await.is_err() {
                             return;
                         }
                     }
@@ -425,24 +549,210 @@ async fn consumer_task(
     }
 }
 
+/// Hands entries to the write path; an entry that cannot be decoded (a newer or foreign
+/// writer) is logged and removed, or it would be claimed again forever.
 async fn forward(
     tx: &mpsc::Sender<Received>,
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
     entries: Vec<redis::streams::StreamId>,
 ) -> Result<(), ()> {
+    let mut bad = Vec::new();
     for entry in entries {
-        let Some(bytes) = entry.get::<Vec<u8>>("s") else {
-            continue;
+        let request = if let Some(bytes) = entry.get::<Vec<u8>>("s") {
+            postcard::from_bytes::<Submission>(&bytes)
+                .map(Request::Submission)
+                .map_err(|e| e.to_string())
+        } else if let Some(bytes) = entry.get::<Vec<u8>>("c") {
+            serde_json::from_slice::<CallEnvelope>(&bytes)
+                .map(|c| Request::Call {
+                    call: c.call,
+                    reply_to: c.reply_to,
+                })
+                .map_err(|e| e.to_string())
+        } else {
+            Err("neither a submission nor a call".to_string())
         };
-        match postcard::from_bytes::<Submission>(&bytes) {
-            Ok(submission) => tx
+        match request {
+            Ok(request) => tx
                 .send(Received {
-                    submission,
+                    request,
                     receipt: Some(entry.id),
                 })
                 .await
                 .map_err(|_| ())?,
-            Err(e) => tracing::warn!(error = %e, id = %entry.id, "undecodable submission skipped"),
+            Err(e) => {
+                tracing::error!(error = %e, id = %entry.id, "undecodable request dropped");
+                metrics::counter!("livecomments_bus_undecodable_total").increment(1);
+                bad.push(entry.id);
+            }
+        }
+    }
+    if !bad.is_empty() {
+        let dropped: redis::RedisResult<()> = redis::pipe()
+            .cmd("XACK")
+            .arg(key)
+            .arg(GROUP)
+            .arg(&bad)
+            .ignore()
+            .cmd("XDEL")
+            .arg(key)
+            .arg(&bad)
+            .ignore()
+            .query_async(conn)
+            .await;
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "removing undecodable requests failed");
         }
     }
     Ok(())
+}
+
+/// Accepted comments for moderation workers in other processes: a Redis Stream,
+/// `{prefix}:accepted`, capped at about `ACCEPTED_MAXLEN` entries, read by the consumer group
+/// `moderation`.
+const ACCEPTED_MAXLEN: usize = 100_000;
+const MODERATION_GROUP: &str = "moderation";
+
+fn accepted_key(prefix: &str) -> String {
+    format!("{prefix}:accepted")
+}
+
+/// Moves accepted comments from this bridge to the stream moderation workers read. Runs until
+/// `comments` closes (the writer stopped); a comment that cannot be added while Redis is down
+/// is counted and dropped: moderation is a second look, the comment itself is stored.
+pub async fn forward_accepted(
+    client: redis::Client,
+    prefix: String,
+    mut comments: mpsc::Receiver<wire::event::Comment>,
+) {
+    let key = accepted_key(&prefix);
+    let mut conn = None;
+    while let Some(c) = comments.recv().await {
+        let bytes = match serde_json::to_vec(&c) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding an accepted comment failed");
+                continue;
+            }
+        };
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            metrics::counter!("livecomments_moderation_dropped_total").increment(1);
+            continue;
+        };
+        let added: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(ACCEPTED_MAXLEN)
+            .arg("*")
+            .arg("c")
+            .arg(bytes)
+            .query_async(c)
+            .await;
+        if let Err(e) = added {
+            tracing::warn!(error = %e, "handing a comment to moderation failed");
+            metrics::counter!("livecomments_moderation_dropped_total").increment(1);
+            conn = None;
+        }
+    }
+}
+
+/// The comments moderation workers share: each is read by one worker of the group.
+/// Entries are acknowledged when handed to the worker's queue; a worker that dies loses
+/// what it had queued but not yet scored (moderators and reports still see those comments).
+pub fn accepted_feed(
+    client: redis::Client,
+    prefix: String,
+    consumer: String,
+    capacity: usize,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<wire::event::Comment> {
+    let (tx, rx) = mpsc::channel(capacity);
+    tokio::spawn(async move {
+        let key = accepted_key(&prefix);
+        let mut attempt = 0;
+        'connect: loop {
+            if shutdown.is_cancelled() || tx.is_closed() {
+                return;
+            }
+            let mut conn = match client.get_multiplexed_async_connection().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis unavailable for moderation; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(MODERATION_GROUP)
+                .arg("$")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = created {
+                if e.code() != Some("BUSYGROUP") {
+                    tracing::warn!(error = %e, "creating the moderation group failed");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            }
+            attempt = 0;
+            loop {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(MODERATION_GROUP)
+                    .arg(&consumer)
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .arg("BLOCK")
+                    .arg(500)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">");
+                let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+                    r = cmd.query_async(&mut conn) => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                let reply = match read {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading accepted comments failed");
+                        tokio::time::sleep(backoff(0)).await;
+                        continue 'connect;
+                    }
+                };
+                let mut ids = Vec::new();
+                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                    let comment = entry
+                        .get::<Vec<u8>>("c")
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    ids.push(entry.id);
+                    if let Some(c) = comment {
+                        if tx.send(c).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let acked: redis::RedisResult<()> = redis::cmd("XACK")
+                    .arg(&key)
+                    .arg(MODERATION_GROUP)
+                    .arg(&ids)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = acked {
+                    tracing::warn!(error = %e, "acknowledging accepted comments failed");
+                }
+            }
+        }
+    });
+    rx
 }

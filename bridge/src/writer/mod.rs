@@ -19,7 +19,6 @@ use wire::store::StoreError;
 use wire::time::now_ms;
 use wire::{topics, StreamId, UserId};
 
-use crate::ratelimit::UserRateLimit;
 use crate::{BridgeConfig, BridgeDeps, Job};
 
 /// How stale a cached "live" answer may be before the writer looks at the store again.
@@ -33,12 +32,9 @@ struct Cursor {
 pub(crate) struct Writer {
     config: BridgeConfig,
     deps: BridgeDeps,
-    limiter: UserRateLimit,
     cursors: HashMap<StreamId, Cursor>,
     ids: ulid::Generator,
     last_cleanup: Instant,
-    /// When each user last posted in each stream, for slow mode.
-    last_post: HashMap<(StreamId, UserId), Instant>,
 }
 
 /// Where an answer goes.
@@ -51,18 +47,12 @@ pub(crate) enum Reply {
 
 impl Writer {
     pub(crate) fn new(config: BridgeConfig, deps: BridgeDeps) -> Self {
-        let limiter = UserRateLimit::new(
-            config.rate_limit_count,
-            Duration::from_secs(config.rate_limit_window_s),
-        );
         Writer {
             config,
             deps,
-            limiter,
             cursors: HashMap::new(),
             ids: ulid::Generator::new(),
             last_cleanup: Instant::now(),
-            last_post: HashMap::new(),
         }
     }
 
@@ -88,10 +78,7 @@ impl Writer {
             }
             self.process(std::mem::take(&mut batch)).await;
             if self.last_cleanup.elapsed() > Duration::from_secs(60) {
-                self.limiter.forget_idle();
-                // Slow-mode records older than the longest slow mode are useless.
-                self.last_post
-                    .retain(|_, at| at.elapsed() < Duration::from_secs(3600));
+                self.deps.limits.forget_idle();
                 self.last_cleanup = Instant::now();
             }
         }
@@ -198,6 +185,7 @@ impl Writer {
         let delivery = Delivery::Stream {
             stream: stream.clone(),
             event: event.to_bytes(),
+            seq: event.seq(),
             received_at_ms,
             keep,
         };

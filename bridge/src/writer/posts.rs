@@ -38,9 +38,9 @@ struct Fresh {
     notify: Option<UserId>,
     /// Sampling never drops it (broadcaster, moderators, replies).
     keep: bool,
-    /// The author's previous post time for slow mode, put back if this post is not stored
-    /// (so the retry the client is told to make is not refused as too soon).
-    prev_post: Option<Instant>,
+    /// Slow mode recorded this post: forgotten if it is not stored (so the retry the client is
+    /// told to make is not refused as too soon).
+    slow_recorded: bool,
 }
 
 impl Writer {
@@ -301,7 +301,7 @@ impl Writer {
             }
         }
 
-        if let Err(wait) = self.limiter.check(&a.id) {
+        if let Err(wait) = self.deps.limits.comment(&a.id).await {
             let ms = (wait.as_millis() as u64).max(1);
             return Err(Rejected::new(
                 id.clone(),
@@ -331,30 +331,27 @@ impl Writer {
 
         let (post, depth, notify) = self.attach_reply(&sub.stream, post).await?;
 
-        let key = (sub.stream.clone(), a.id.clone());
+        let mut slow_recorded = false;
         if !exempt && settings.slow_mode_s > 0 {
-            if let Some(last) = self.last_post.get(&key) {
-                let wait = Duration::from_secs(settings.slow_mode_s).saturating_sub(last.elapsed());
-                if !wait.is_zero() {
-                    let ms = (wait.as_millis() as u64).max(1);
-                    return Err(Rejected::new(
-                        Some(post.client_msg_id),
-                        RejectCode::SlowMode,
-                        format!(
-                            "slow mode: one comment every {} s; retry in {} ms",
-                            settings.slow_mode_s, ms
-                        ),
-                    )
-                    .retry_after(ms));
-                }
+            let every = Duration::from_secs(settings.slow_mode_s);
+            if let Err(wait) = self.deps.limits.slow_mode(&sub.stream, &a.id, every).await {
+                let ms = (wait.as_millis() as u64).max(1);
+                return Err(Rejected::new(
+                    Some(post.client_msg_id),
+                    RejectCode::SlowMode,
+                    format!(
+                        "slow mode: one comment every {} s; retry in {} ms",
+                        settings.slow_mode_s, ms
+                    ),
+                )
+                .retry_after(ms));
             }
+            slow_recorded = true;
         }
-
-        let prev_post = self.last_post.insert(key, Instant::now());
         let keep = exempt || post.reply_to.is_some();
         Ok(Admit::Fresh(Box::new(Fresh {
             index: 0,
-            prev_post,
+            slow_recorded,
             post,
             stream,
             shadow,
@@ -487,8 +484,12 @@ impl Writer {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, stream = %sub.stream, "reading the last seq failed");
-                    let key = (sub.stream.clone(), sub.author.id.clone());
-                    self.undo_slow_mode(key, f.prev_post);
+                    if f.slow_recorded {
+                        self.deps
+                            .limits
+                            .undo_slow_mode(&sub.stream, &sub.author.id)
+                            .await;
+                    }
                     failed.push((f.index, f.post.client_msg_id.clone()));
                     continue;
                 }
@@ -540,25 +541,15 @@ impl Writer {
                 tracing::error!(error = %e, count, "storing comments failed");
                 for (index, c, f) in meta {
                     self.forget_cursor(&c.comment.stream);
-                    let key = (c.comment.stream.clone(), c.comment.user.id.clone());
-                    self.undo_slow_mode(key, f.prev_post);
+                    if f.slow_recorded {
+                        self.deps
+                            .limits
+                            .undo_slow_mode(&c.comment.stream, &c.comment.user.id)
+                            .await;
+                    }
                     failed.push((index, c.client_msg_id));
                 }
                 (Vec::new(), failed, false)
-            }
-        }
-    }
-}
-
-impl Writer {
-    /// Puts back the author's slow-mode time from before a post that was not stored.
-    fn undo_slow_mode(&mut self, key: (StreamId, UserId), prev: Option<Instant>) {
-        match prev {
-            Some(t) => {
-                self.last_post.insert(key, t);
-            }
-            None => {
-                self.last_post.remove(&key);
             }
         }
     }

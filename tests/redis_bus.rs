@@ -1,0 +1,260 @@
+//! The Redis bus against a real `redis-server`: posts travel node → Redis Stream → bridge,
+//! events bridge → pub/sub → node; calls from processes without a write path; a Redis
+//! restart.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge::bus::redis::{RedisBus, RedisBusConfig};
+use common::redis::RedisServer;
+use common::{seqs, Client, System, WAIT};
+use livecomments::config::BusBackend;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use wire::auth::Role;
+use wire::bus::{Author, Origin, Submission, SubmissionKind};
+use wire::ingest::Ingest;
+use wire::moderation::Action;
+
+async fn system_on(redis: &RedisServer) -> System {
+    system_with(redis, 0).await
+}
+
+async fn system_with(redis: &RedisServer, rate_limit_count: u32) -> System {
+    let url = redis.url();
+    System::start_with(move |c| {
+        c.bus.backend = BusBackend::Redis;
+        c.bus.redis.url = url;
+        c.bus.redis.unwatch_linger_ms = 200;
+        c.bus.redis.claim_idle_ms = 1000;
+        c.bridge.rate_limit_count = rate_limit_count;
+    })
+    .await
+}
+
+/// Events (comments, retractions) of s1's frames until `n` or nothing more comes.
+async fn collect(viewer: &mut Client, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let Some(frame) = viewer.next_on("streams/s1/comments", WAIT).await else {
+            break;
+        };
+        got.extend(frame["events"].as_array().cloned().unwrap_or_default());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comments_reach_viewers_in_order_through_redis() {
+    let redis = RedisServer::start();
+    let sys = system_on(&redis).await;
+    sys.live_stream("s1").await;
+    let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
+    viewer.subscribe("streams/s1/comments").await;
+    let mut state = Client::must(sys.tcp("st", &sys.token("st", Role::Viewer))).await;
+    state.subscribe("streams/s1/state").await;
+    let st = state.next_on("streams/s1/state", WAIT).await;
+    assert_eq!(
+        st.expect("the retained state, bootstrapped from the store")["status"],
+        "live"
+    );
+    let mut poster = Client::must(sys.tcp("p", &sys.token("ann", Role::Viewer))).await;
+    poster.subscribe("users/ann/inbox").await;
+    for i in 0..50 {
+        poster
+            .post_text("s1", &format!("c{i}"), &format!("m{i}"))
+            .await;
+        // Under the per-connection limit (20/s).
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    for _ in 0..50 {
+        let a = poster.inbox("ann").await;
+        assert_eq!(a["type"], "ack", "{a}");
+    }
+    let got = collect(&mut viewer, 50).await;
+    assert_eq!(seqs(&got), (1..=50).collect::<Vec<_>>());
+
+    // A moderator's retraction follows the same path.
+    let id = got[0]["id"].as_str().unwrap();
+    let r = sys
+        .http
+        .post(sys.url(&format!("/v1/streams/s1/comments/{id}/retract")))
+        .bearer_auth(sys.token("mo", Role::Moderator))
+        .json(&json!({"reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ev = collect(&mut viewer, 1).await;
+    assert_eq!(ev[0]["type"], "retract");
+    assert_eq!(ev[0]["seq"], 51);
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_a_write_path_calls_one_over_redis() {
+    let redis = RedisServer::start();
+    let sys = system_on(&redis).await;
+    sys.live_stream("s1").await;
+    let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
+    viewer.subscribe("streams/s1/comments").await;
+
+    // Another "process": its own bus connection and a RemoteIngest, as an API server of a
+    // cluster has.
+    let stop = CancellationToken::new();
+    let bus = RedisBus::connect(
+        RedisBusConfig {
+            url: redis.url(),
+            prefix: "lc".into(),
+            claim_idle_ms: 1000,
+            unwatch_linger_ms: 200,
+            queue_capacity: 64,
+        },
+        "api-2".into(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let remote = bridge::remote::RemoteIngest::new(Arc::new(bus));
+    let submission = |cmid: &str| Submission {
+        kind: SubmissionKind::Post,
+        stream: wire::StreamId::new("s1").unwrap(),
+        author: Author {
+            id: wire::UserId::new("ann").unwrap(),
+            name: "ann".into(),
+            role: Role::Viewer,
+            subscriber: false,
+        },
+        payload: json!({"text": "from afar", "client_msg_id": cmid})
+            .to_string()
+            .into(),
+        origin: Origin::Http,
+        received_at_ms: wire::time::now_ms(),
+    };
+    let first = remote.submit(submission("r1")).await.expect("accepted");
+    let again = remote
+        .submit(submission("r1"))
+        .await
+        .expect("the same answer");
+    assert_eq!(first, again, "a retry is answered from the de-duplication");
+    let got = collect(&mut viewer, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["text"], "from afar");
+
+    let outcome = remote
+        .act(Action::Retract {
+            stream: wire::StreamId::new("s1").unwrap(),
+            comment_id: got[0]["id"].as_str().unwrap().to_string(),
+            reason: "remote".into(),
+            actor: "mo".into(),
+            strike: false,
+        })
+        .await
+        .expect("retracted");
+    assert!(outcome.changed);
+    assert_eq!(collect(&mut viewer, 1).await[0]["type"], "retract");
+    stop.cancel();
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_rejects_posts_retryably_then_delivery_resumes() {
+    let mut redis = RedisServer::start();
+    let sys = system_on(&redis).await;
+    sys.live_stream("s1").await;
+    let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
+    viewer.subscribe("streams/s1/comments").await;
+    let mut poster = Client::must(sys.tcp("p", &sys.token("ann", Role::Viewer))).await;
+    poster.subscribe("users/ann/inbox").await;
+    poster.post_text("s1", "before", "m1").await;
+    assert_eq!(poster.inbox("ann").await["type"], "ack");
+    assert_eq!(collect(&mut viewer, 1).await[0]["text"], "before");
+
+    redis.kill();
+    poster.post_text("s1", "during", "m2").await;
+    let r = poster.inbox("ann").await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(r["retry_after_ms"].as_u64().is_some(), "{r}");
+    assert!(
+        poster.closed_within(WAIT).await,
+        "no PUBACK: the connection closes so the client resends"
+    );
+
+    redis.restart();
+    // The node resubscribes by itself; the client reconnects and resends the same post.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut answer = Value::Null;
+    for _ in 0..20 {
+        let Ok(mut poster) = Client::connect(sys.tcp("p", &sys.token("ann", Role::Viewer))).await
+        else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        poster.subscribe("users/ann/inbox").await;
+        poster.post_text("s1", "during", "m2").await;
+        answer = poster.inbox("ann").await;
+        if answer["type"] == "ack" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(answer["type"], "ack", "{answer}");
+    assert_eq!(answer["seq"], 2, "numbering resumes from the store");
+    let got = collect(&mut viewer, 1).await;
+    assert_eq!(got.len(), 1, "the viewer's node resubscribed");
+    assert_eq!(got[0]["text"], "during");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_slow_mode_live_in_redis() {
+    let redis = RedisServer::start();
+    let sys = system_with(&redis, 3).await;
+    sys.live_stream("s1").await;
+    let mut poster = Client::must(sys.tcp("p", &sys.token("ann", Role::Viewer))).await;
+    poster.subscribe("users/ann/inbox").await;
+    for i in 0..3 {
+        poster
+            .post_text("s1", &format!("c{i}"), &format!("m{i}"))
+            .await;
+        assert_eq!(poster.inbox("ann").await["type"], "ack");
+    }
+    poster.post_text("s1", "one too many", "m3").await;
+    let r = poster.inbox("ann").await;
+    assert_eq!(r["code"], "rate_limited", "{r}");
+    assert!(r["retry_after_ms"].as_u64().unwrap() > 10_000, "{r}");
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "lc:rl:*",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "lc:rl:ann");
+
+    // Slow mode, with a user who has quota left.
+    let r = sys
+        .http
+        .put(sys.url("/v1/streams/s1/settings"))
+        .bearer_auth(sys.token("bob", Role::Broadcaster))
+        .json(&json!({"slow_mode_s": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut bea = Client::must(sys.tcp("b", &sys.token("bea", Role::Viewer))).await;
+    bea.subscribe("users/bea/inbox").await;
+    bea.post_text("s1", "first", "b1").await;
+    assert_eq!(bea.inbox("bea").await["type"], "ack");
+    bea.post_text("s1", "second", "b2").await;
+    let r = bea.inbox("bea").await;
+    assert_eq!(r["code"], "slow_mode", "{r}");
+    let wait = r["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 25_000 && wait <= 30_000, "{wait}");
+    sys.stop().await;
+}
