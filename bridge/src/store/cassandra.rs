@@ -115,9 +115,13 @@ pub struct CassandraConfig {
     /// Contact points, `host:port`; the driver discovers the rest of the cluster.
     pub nodes: Vec<String>,
     pub keyspace: String,
-    /// Replicas per row when the keyspace is created here (SimpleStrategy). Production
-    /// clusters create the keyspace themselves with NetworkTopologyStrategy (docs/storage.md).
+    /// Replicas per row when the keyspace is created here with SimpleStrategy (one data
+    /// centre). Ignored when `datacenters` is set; both apply only to a keyspace that does not
+    /// exist yet (an operator may also create it beforehand, docs/storage.md).
     pub replication_factor: u32,
+    /// `"name:replicas"` per data centre, e.g. `["dc1:3", "dc2:3"]`: the keyspace is created
+    /// with NetworkTopologyStrategy. Empty: SimpleStrategy with `replication_factor`.
+    pub datacenters: Vec<String>,
     /// Of every read and write; lightweight transactions use the matching serial level.
     pub consistency: ConsistencyLevel,
     /// Width of a comment time bucket (a partition of the replay index). Fixed when the
@@ -134,6 +138,7 @@ impl Default for CassandraConfig {
             nodes: vec!["127.0.0.1:9042".into()],
             keyspace: "livecomments".into(),
             replication_factor: 1,
+            datacenters: Vec::new(),
             consistency: ConsistencyLevel::LocalQuorum,
             bucket_ms: 60_000,
             request_timeout_ms: 5_000,
@@ -148,6 +153,15 @@ impl CassandraConfig {
         if self.nodes.is_empty() {
             return Err("store.cassandra.nodes is empty".into());
         }
+        if let Some(n) = self
+            .nodes
+            .iter()
+            .find(|n| n.is_empty() || n.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "store.cassandra.nodes entry {n:?} must be host:port (e.g. 127.0.0.1:9042)"
+            ));
+        }
         let ks = &self.keyspace;
         if ks.is_empty()
             || ks.len() > 48
@@ -160,6 +174,7 @@ impl CassandraConfig {
         if self.replication_factor == 0 {
             return Err("store.cassandra.replication_factor must be at least 1".into());
         }
+        self.replication()?;
         if self.bucket_ms == 0 || i64::try_from(self.bucket_ms).is_err() {
             return Err("store.cassandra.bucket_ms must be a positive number of ms".into());
         }
@@ -167,6 +182,38 @@ impl CassandraConfig {
             return Err("store.cassandra timeouts must be positive".into());
         }
         Ok(())
+    }
+
+    /// The keyspace's `replication` map in CQL.
+    pub(crate) fn replication(&self) -> Result<String, String> {
+        if self.datacenters.is_empty() {
+            return Ok(format!(
+                "{{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+                self.replication_factor
+            ));
+        }
+        let mut parts = vec!["'class': 'NetworkTopologyStrategy'".to_string()];
+        for dc in &self.datacenters {
+            let parsed = dc.rsplit_once(':').and_then(|(name, n)| {
+                let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+                let name = name.trim();
+                let ok = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                ok.then(|| format!("'{name}': {n}"))
+            });
+            match parsed {
+                Some(p) => parts.push(p),
+                None => {
+                    return Err(format!(
+                        "store.cassandra.datacenters entry {dc:?} must be \"name:replicas\" \
+                         (e.g. \"dc1:3\")"
+                    ))
+                }
+            }
+        }
+        Ok(format!("{{{}}}", parts.join(", ")))
     }
 }
 

@@ -225,13 +225,10 @@ pub(crate) async fn ensure(session: &Session, cfg: &CassandraConfig) -> Result<L
         Err(e) => return Err(e),
     }
     let started = std::time::Instant::now();
+    let replication = cfg.replication().map_err(CassError::Config)?;
     run_ddl(
         session,
-        format!(
-            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
-             {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
-            cfg.replication_factor
-        ),
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"),
     )
     .await?;
     // Schema changes are serialized by the node anyway; a few at a time still overlap the
@@ -687,5 +684,32 @@ mod tests {
             matches!(&a[19..20], "8" | "9" | "a" | "b"),
             "RFC 4122 variant"
         );
+    }
+
+    #[test]
+    fn replication_is_simple_or_per_data_centre() {
+        let simple = CassandraConfig {
+            replication_factor: 3,
+            ..CassandraConfig::default()
+        };
+        assert_eq!(
+            simple.replication().unwrap(),
+            "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+        );
+        let nts = CassandraConfig {
+            datacenters: vec!["dc1:3".into(), "eu-west.2:2".into()],
+            ..CassandraConfig::default()
+        };
+        assert_eq!(
+            nts.replication().unwrap(),
+            "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'eu-west.2': 2}"
+        );
+        for bad in ["dc1", "dc1:0", ":3", "dc'1:3", "dc1:x"] {
+            let c = CassandraConfig {
+                datacenters: vec![bad.into()],
+                ..CassandraConfig::default()
+            };
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 }
