@@ -712,4 +712,15 @@ mod tests {
             assert!(c.validate().is_err(), "{bad}");
         }
     }
+
+    /// docs/storage.md quotes every table as created here.
+    #[test]
+    fn docs_quote_the_tables() {
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let docs = squash(include_str!("../../../../docs/storage.md"));
+        for (name, def) in TABLES {
+            let cql = squash(&format!("CREATE TABLE {name} {def};"));
+            assert!(docs.contains(&cql), "docs/storage.md lacks: {cql}");
+        }
+    }
 }
