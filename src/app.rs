@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bridge::bus::redis::{RedisBus, RedisBusConfig};
 use bridge::remote::RemoteIngest;
-use bridge::store::EmbeddedStore;
+use bridge::store::{CassandraStore, EmbeddedStore};
 use bridge::{Bridge, BridgeDeps, BridgeShutdown};
 use broker::{BrokerDeps, Node, NodeShutdown};
 use playback_api::AppState;
@@ -76,6 +76,19 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
             let store = EmbeddedStore::open(&path, config.store.quick_repair)
                 .with_context(|| format!("opening the store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "embedded store open");
+            Arc::new(store)
+        }
+        StoreBackend::Cassandra => {
+            let c = &config.store.cassandra;
+            // Creates the keyspace and its tables when missing (safe when several processes
+            // start at once), then prepares every statement.
+            let store = CassandraStore::connect(c).await.with_context(|| {
+                format!(
+                    "connecting to Cassandra at {} (keyspace {})",
+                    c.nodes.join(","),
+                    c.keyspace
+                )
+            })?;
             Arc::new(store)
         }
     };
@@ -202,7 +215,26 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
         None
     };
 
-    let presence = wire::presence::PresenceBoard::default();
+    // One process counts its own viewers and reactions; the nodes of a cluster sum theirs in
+    // Redis.
+    let (presence, shared_reactions) = match &redis_client {
+        None => (wire::presence::PresenceBoard::default(), None),
+        Some(client) => {
+            let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+            let prefix = config.bus.redis.prefix.clone();
+            let presence = wire::presence::PresenceBoard::clustered(Arc::new(
+                bridge::bus::RedisPresence::new(
+                    conn.clone(),
+                    prefix.clone(),
+                    node_id.clone(),
+                    Duration::from_millis(config.presence.interval_ms),
+                ),
+            ));
+            let reactions: Arc<dyn wire::reactions::SharedReactions> =
+                Arc::new(bridge::bus::RedisReactions::new(conn, prefix));
+            (presence, Some(reactions))
+        }
+    };
     let node_shutdown = NodeShutdown::default();
     let node = if roles.runs(ClusterRole::Broker) {
         let node = Node::start(
@@ -213,6 +245,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 streams: streams.clone(),
                 auto_create_streams: config.bridge.auto_create_streams,
                 presence: presence.clone(),
+                shared_reactions,
             },
             node_shutdown.clone(),
         )
@@ -319,6 +352,9 @@ fn load_scorer(
 fn write_endpoints(config: &AppConfig, endpoints: &Endpoints) -> anyhow::Result<()> {
     let path = config.data_path("endpoints.json");
     let tmp = config.data_path("endpoints.json.tmp");
+    // With a configured key and a shared store nothing else has created it.
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     std::fs::write(&tmp, serde_json::to_vec_pretty(endpoints)?)?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())

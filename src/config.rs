@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use bridge::store::CassandraConfig;
 use bridge::BridgeConfig;
 use broker::{DeliveryConfig, MqttConfig, WsConfig};
 use config::{Environment, File, FileFormat};
@@ -103,7 +104,10 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreBackend {
+    /// One redb file in `data_dir`: one process, no external service.
     Embedded,
+    /// Apache Cassandra or ScyllaDB (`[store.cassandra]`), shared by the processes of a cluster.
+    Cassandra,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +118,9 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Instant reopen after a crash at the cost of a second fsync per commit.
     pub quick_repair: bool,
+    /// `[store.cassandra]`, used when `backend = "cassandra"`; every key has a default.
+    #[serde(default)]
+    pub cassandra: CassandraConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +174,19 @@ pub struct Sources {
     pub env: bool,
 }
 
+/// `LIVECOMMENTS__SECTION__KEY` variables; the keys listed take comma-separated lists
+/// (`LIVECOMMENTS__CLUSTER__ROLES=broker,api`).
+fn environment() -> Environment {
+    Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("cluster.roles")
+        .with_list_parse_key("store.cassandra.nodes")
+        .with_list_parse_key("store.cassandra.datacenters")
+}
+
 impl AppConfig {
     /// The built-in defaults alone.
     pub fn defaults() -> anyhow::Result<AppConfig> {
@@ -183,14 +203,7 @@ impl AppConfig {
             builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
         }
         if sources.env {
-            builder = builder.add_source(
-                Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("cluster.roles"),
-            );
+            builder = builder.add_source(environment());
         }
         if let Some(dir) = &sources.data_dir {
             builder = builder.set_override("data_dir", dir.to_string_lossy().to_string())?;
@@ -216,6 +229,11 @@ impl AppConfig {
         let secret = &self.auth.jwt_secret;
         if !secret.is_empty() && secret.len() < 32 {
             errors.push("auth.jwt_secret must be at least 32 characters (or empty)".into());
+        }
+        if self.store.backend == StoreBackend::Cassandra {
+            if let Err(e) = self.store.cassandra.validate() {
+                errors.push(e);
+            }
         }
         if self.bus.queue_capacity == 0 {
             errors.push("bus.queue_capacity must be at least 1".into());
@@ -301,6 +319,83 @@ mod tests {
         assert_eq!(c.bridge.rate_limit_window_s, 60);
         assert!(!c.bridge.auto_create_streams);
         assert!(c.auth.jwt_secret.is_empty());
+    }
+
+    /// The defaults overridden by these environment variables, as `load` reads them.
+    fn with_env(vars: &[(&str, &str)]) -> AppConfig {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        config::Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(environment().source(Some(vars)))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_cassandra_store_is_configured_by_environment() {
+        let c = AppConfig::defaults().unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Embedded);
+        assert_eq!(c.store.cassandra, CassandraConfig::default());
+
+        let c = with_env(&[
+            ("LIVECOMMENTS__STORE__BACKEND", "cassandra"),
+            (
+                "LIVECOMMENTS__STORE__CASSANDRA__NODES",
+                "10.0.0.1:9042,10.0.0.2:9042",
+            ),
+            ("LIVECOMMENTS__STORE__CASSANDRA__KEYSPACE", "lc_prod"),
+            ("LIVECOMMENTS__STORE__CASSANDRA__DATACENTERS", "dc1:3,dc2:3"),
+            ("LIVECOMMENTS__STORE__CASSANDRA__CONSISTENCY", "quorum"),
+            ("LIVECOMMENTS__STORE__CASSANDRA__REQUEST_TIMEOUT_MS", "2000"),
+        ]);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.store.backend, StoreBackend::Cassandra);
+        let k = &c.store.cassandra;
+        assert_eq!(k.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(k.keyspace, "lc_prod");
+        assert_eq!(k.datacenters, ["dc1:3", "dc2:3"]);
+        assert_eq!(
+            k.consistency,
+            bridge::store::cassandra::ConsistencyLevel::Quorum
+        );
+        assert_eq!(k.request_timeout_ms, 2000);
+        // One contact point is a list of one.
+        let c = with_env(&[("LIVECOMMENTS__STORE__CASSANDRA__NODES", "127.0.0.1:9042")]);
+        assert_eq!(c.store.cassandra.nodes, ["127.0.0.1:9042"]);
+
+        // Checked only when used, and then every problem is named.
+        let c = with_env(&[("LIVECOMMENTS__STORE__CASSANDRA__KEYSPACE", "bad-name")]);
+        assert!(c.validate().is_empty());
+        let c = with_env(&[
+            ("LIVECOMMENTS__STORE__BACKEND", "cassandra"),
+            ("LIVECOMMENTS__STORE__CASSANDRA__KEYSPACE", "bad-name"),
+        ]);
+        let errors = c.validate();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("store.cassandra.keyspace")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn split_roles_need_the_shared_bus_and_store() {
+        let c = with_env(&[("LIVECOMMENTS__CLUSTER__ROLES", "broker,api")]);
+        let errors = c.validate().join("\n");
+        assert!(errors.contains("bus.backend"), "{errors}");
+        assert!(errors.contains("store.backend"), "{errors}");
+        let c = with_env(&[
+            ("LIVECOMMENTS__CLUSTER__ROLES", "broker,api"),
+            ("LIVECOMMENTS__BUS__BACKEND", "redis"),
+            ("LIVECOMMENTS__STORE__BACKEND", "cassandra"),
+        ]);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
     }
 
     #[test]

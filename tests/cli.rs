@@ -56,6 +56,35 @@ fn check_config_names_what_is_wrong() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_comment_chars"));
+    // The Cassandra store's settings, from a file or the environment (nothing is contacted).
+    std::fs::write(
+        &file,
+        "[store]\nbackend = \"cassandra\"\n[store.cassandra]\nconsistency = \"local_quorum\"\n",
+    )
+    .unwrap();
+    let cassandra = [
+        (
+            "LIVECOMMENTS__STORE__CASSANDRA__NODES",
+            "10.0.0.1:9042,10.0.0.2:9042",
+        ),
+        ("LIVECOMMENTS__STORE__CASSANDRA__KEYSPACE", "lc"),
+    ];
+    let out = run(&["check-config", file.to_str().unwrap()], &cassandra);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &["check-config", file.to_str().unwrap()],
+        &[("LIVECOMMENTS__STORE__CASSANDRA__DATACENTERS", "dc1")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.cassandra.datacenters"));
+    std::fs::write(&file, "[store.cassandra]\nconsistency = \"maybe\"\n").unwrap();
+    let out = run(&["check-config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maybe"));
 }
 
 #[test]

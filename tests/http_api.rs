@@ -277,6 +277,16 @@ async fn health_and_metrics() {
 
     let (s, v) = sys.get_json("/healthz").await;
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let (s, v) = sys.get_json("/readyz").await;
+    assert_eq!(
+        (
+            s,
+            v["status"].as_str(),
+            v["store"].as_str(),
+            v["bus"].as_str()
+        ),
+        (200, Some("ready"), Some("ok"), Some("ok"))
+    );
     let text = sys
         .http
         .get(sys.url("/metrics"))

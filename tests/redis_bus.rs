@@ -172,7 +172,12 @@ async fn a_redis_restart_rejects_posts_retryably_then_delivery_resumes() {
     assert_eq!(poster.inbox("ann").await["type"], "ack");
     assert_eq!(collect(&mut viewer, 1).await[0]["text"], "before");
 
+    let (code, ready) = sys.get_json("/readyz").await;
+    assert_eq!((code, ready["bus"].as_str()), (200, Some("ok")), "{ready}");
     redis.kill();
+    let (code, ready) = sys.get_json("/readyz").await;
+    assert_eq!(code, 503, "not ready without Redis: {ready}");
+    assert_ne!(ready["bus"], "ok", "{ready}");
     poster.post_text("s1", "during", "m2").await;
     let r = poster.inbox("ann").await;
     assert_eq!(r["code"], "unavailable", "{r}");
@@ -202,6 +207,7 @@ async fn a_redis_restart_rejects_posts_retryably_then_delivery_resumes() {
     }
     assert_eq!(answer["type"], "ack", "{answer}");
     assert_eq!(answer["seq"], 2, "numbering resumes from the store");
+    assert_eq!(sys.get_json("/readyz").await.0, 200, "ready again");
     let got = collect(&mut viewer, 1).await;
     assert_eq!(got.len(), 1, "the viewer's node resubscribed");
     assert_eq!(got[0]["text"], "during");
@@ -257,4 +263,131 @@ async fn rate_limits_and_slow_mode_live_in_redis() {
     let wait = r["retry_after_ms"].as_u64().unwrap();
     assert!(wait > 25_000 && wait <= 30_000, "{wait}");
     sys.stop().await;
+}
+
+/// The next presence message on `topic` with `want` viewers, each within 5 s.
+async fn presence_until(watcher: &mut Client, want: u64) -> Value {
+    loop {
+        let p = watcher
+            .next_on("streams/s1/presence", Duration::from_secs(5))
+            .await
+            .expect("presence within 5 s");
+        if p["viewers"] == want {
+            return p;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_summed_over_the_nodes_of_a_cluster() {
+    let redis = RedisServer::start();
+    let node = |id: &'static str| {
+        let url = redis.url();
+        System::start_with(move |c| {
+            c.bus.backend = BusBackend::Redis;
+            c.bus.redis.url = url;
+            c.cluster.node_id = id.into();
+            c.presence.interval_ms = 300;
+        })
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    a.live_stream("s1").await;
+    b.live_stream("s1").await;
+    let mut watch_a = Client::must(a.tcp("wa", &a.token("wa", Role::Viewer))).await;
+    watch_a.subscribe("streams/s1/presence").await;
+    let mut watch_b = Client::must(b.tcp("wb", &b.token("wb", Role::Viewer))).await;
+    watch_b.subscribe("streams/s1/presence").await;
+    let mut viewers = Vec::new();
+    for (sys, id, user) in [(&a, "a1", "ann"), (&a, "a2", "bob"), (&b, "b1", "ann")] {
+        let mut c = Client::must(sys.tcp(id, &sys.token(user, Role::Viewer))).await;
+        c.subscribe("streams/s1/comments").await;
+        viewers.push(c);
+    }
+    // Both nodes' viewers see the cluster's count: wa, wb, ann twice, bob.
+    let pa = presence_until(&mut watch_a, 5).await;
+    let pb = presence_until(&mut watch_b, 5).await;
+    assert_eq!(
+        (pa["unique"].as_u64(), pb["unique"].as_u64()),
+        (Some(4), Some(4))
+    );
+    // The HTTP API of either node answers with the same.
+    let (_, stats) = b.get_json("/v1/streams/s1/stats").await;
+    assert_eq!(
+        (stats["viewers"].as_u64(), stats["unique"].as_u64()),
+        (Some(5), Some(4))
+    );
+
+    // A viewer on b goes away abruptly; a's viewers see it.
+    drop(viewers.pop());
+    presence_until(&mut watch_a, 4).await;
+    // Node b stops: its watcher's share goes with it.
+    drop(watch_b);
+    b.stop().await;
+    let p = presence_until(&mut watch_a, 3).await;
+    assert_eq!(
+        p["unique"], 4,
+        "distinct users since the start stay counted"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_from_every_node_arrive_as_one_frame_per_window() {
+    let redis = RedisServer::start();
+    let node = |id: &'static str| {
+        let url = redis.url();
+        System::start_with(move |c| {
+            c.bus.backend = BusBackend::Redis;
+            c.bus.redis.url = url;
+            c.cluster.node_id = id.into();
+            c.reactions.window_ms = 500;
+        })
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    a.live_stream("s1").await;
+    b.live_stream("s1").await;
+    let mut watcher = Client::must(a.tcp("w", &a.token("w", Role::Viewer))).await;
+    watcher.subscribe("streams/s1/reactions").await;
+    let mut senders = Vec::new();
+    for (sys, id) in [(&a, "r1"), (&a, "r2"), (&b, "r3"), (&b, "r4")] {
+        senders.push(Client::must(sys.tcp(id, &sys.token(id, Role::Viewer))).await);
+    }
+    // 4 users × 5 per second for 2 s, on both nodes.
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    for _ in 0..10 {
+        for s in &senders {
+            s.client
+                .publish(
+                    "streams/s1/react",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    json!({"emoji": "🔥"}).to_string(),
+                )
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut frames = 0u64;
+    let mut counted = 0u64;
+    while counted < sent {
+        let Some(f) = watcher
+            .next_on("streams/s1/reactions", Duration::from_secs(3))
+            .await
+        else {
+            break;
+        };
+        frames += 1;
+        counted += f["counts"]["🔥"].as_u64().unwrap_or(0);
+    }
+    let windows = started.elapsed().as_millis() as u64 / 500 + 1;
+    assert_eq!(counted, sent, "every node's reactions counted once");
+    assert!(
+        frames <= windows,
+        "{frames} frames in {windows} windows: one per window, not one per node"
+    );
+    a.stop().await;
+    b.stop().await;
 }

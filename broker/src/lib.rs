@@ -76,6 +76,8 @@ pub struct BrokerDeps {
     pub auto_create_streams: bool,
     /// Where the node leaves its viewer counts for the HTTP API.
     pub presence: wire::presence::PresenceBoard,
+    /// The cluster's reaction windows (none in one process).
+    pub shared_reactions: Option<Arc<dyn wire::reactions::SharedReactions>>,
 }
 
 /// Shutdown phases of a node.
@@ -123,11 +125,21 @@ impl Node {
             reactions: reactions.clone(),
             viewers: viewers.clone(),
         });
+        let shared = deps
+            .shared_reactions
+            .clone()
+            .map(|windows| reactions::Shared {
+                windows,
+                viewers: viewers.clone(),
+                local: ctx.local.clone(),
+                published: Default::default(),
+            });
         let flusher = Arc::new(reactions::Flusher::new(
             reactions.clone(),
             deps.streams.store().clone(),
             deps.bus.clone(),
             config.reactions.window_ms,
+            shared,
         ));
         tokio::spawn(reactions::run(flusher.clone(), shutdown.relay.clone()));
         tokio::spawn(presence::run(
@@ -135,6 +147,7 @@ impl Node {
             deps.presence.clone(),
             std::time::Duration::from_millis(config.presence.interval_ms),
             deps.bus.clone(),
+            ctx.local.clone(),
             shutdown.relay.clone(),
         ));
 

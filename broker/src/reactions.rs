@@ -6,6 +6,11 @@
 //! `{"window_ms":500,"counts":{…},"totals":{…},"likes":{…}}` — nothing while idle. Likes of
 //! comments (`comment_id` with the like emoji) need a durable once-per-user set, so they go to
 //! the write path; it sends back the new like counts, which ride along in the next frame.
+//!
+//! In a cluster a node adds each window's counts to the shared window in Redis and publishes
+//! to its own viewers, once per window, the whole cluster's counts of the windows that closed
+//! since its last frame (see [`wire::reactions`]): one frame per window whichever node a viewer
+//! is on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -15,8 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire::bus::{Bus, Delivery};
+use wire::reactions::SharedReactions;
 use wire::store::Store;
 use wire::{topics, StreamId, UserId};
 
@@ -150,7 +157,22 @@ pub(crate) struct Flusher {
     /// One flush at a time: the relay's final flush waits for a periodic one in progress, so
     /// that one's frames are on the bus before the relay drains it for the last time.
     running: tokio::sync::Mutex<()>,
+    /// The cluster's windows, when there is a cluster.
+    shared: Option<Shared>,
 }
+
+/// What a node of a cluster needs to publish the cluster's windows to its own viewers.
+pub(crate) struct Shared {
+    pub windows: Arc<dyn SharedReactions>,
+    pub viewers: Arc<crate::presence::Viewers>,
+    pub local: mpsc::Sender<crate::connection::Local>,
+    /// The last window published per stream.
+    pub published: Mutex<HashMap<StreamId, u64>>,
+}
+
+/// At most this many closed windows are summed into one frame (a node that fell behind skips
+/// older ones rather than flooding its viewers).
+const MAX_CATCH_UP_WINDOWS: u64 = 4;
 
 impl Flusher {
     pub(crate) fn new(
@@ -158,6 +180,7 @@ impl Flusher {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         window_ms: u64,
+        shared: Option<Shared>,
     ) -> Flusher {
         Flusher {
             reactions,
@@ -165,6 +188,7 @@ impl Flusher {
             bus,
             window_ms,
             running: tokio::sync::Mutex::new(()),
+            shared,
         }
     }
 
@@ -173,6 +197,9 @@ impl Flusher {
     /// for the next flush.
     pub(crate) async fn flush(&self) {
         let _one = self.running.lock().await;
+        if let Some(shared) = &self.shared {
+            return self.flush_shared(shared).await;
+        }
         let (counts, mut likes) = self.reactions.take();
         let mut streams: Vec<StreamId> = counts.keys().chain(likes.keys()).cloned().collect();
         streams.sort();
@@ -211,6 +238,90 @@ impl Flusher {
             };
             if let Err(e) = self.bus.deliver(delivery).await {
                 tracing::warn!(error = %e, "publishing reactions failed");
+            }
+        }
+    }
+}
+
+impl Flusher {
+    /// The cluster's flush: store this node's counts in the totals and the shared window,
+    /// then publish the closed windows' sums to this node's viewers.
+    async fn flush_shared(&self, shared: &Shared) {
+        let (counts, mut likes) = self.reactions.take();
+        let window = wire::time::now_ms().max(0) as u64 / self.window_ms;
+        for (stream, c) in counts {
+            let pairs: Vec<(String, u64)> = c.into_iter().collect();
+            if let Err(e) = self.store.add_reactions(&stream, &pairs).await {
+                tracing::error!(error = %e, %stream, "storing reaction totals failed; kept for the next window");
+                self.reactions
+                    .restore(&stream, pairs.into_iter().collect(), likes.remove(&stream));
+                continue;
+            }
+            if let Err(e) = shared.windows.add(&stream, window, &pairs).await {
+                // The totals have them; only this window's live counts miss them.
+                tracing::warn!(error = %e, %stream, "sharing a reaction window failed");
+            }
+        }
+        let mut streams = shared.viewers.watched();
+        streams.extend(likes.keys().cloned());
+        streams.sort();
+        streams.dedup();
+        let last_closed = window.saturating_sub(1);
+        for stream in streams {
+            let first = {
+                let published = shared
+                    .published
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                published.get(&stream).map_or(last_closed, |p| p + 1)
+            }
+            .max(last_closed.saturating_sub(MAX_CATCH_UP_WINDOWS - 1));
+            let sum = if first <= last_closed {
+                match shared.windows.sum(&stream, first, last_closed).await {
+                    Ok(sum) => sum,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %stream, "reading the cluster's reactions failed");
+                        continue;
+                    }
+                }
+            } else {
+                BTreeMap::new()
+            };
+            shared
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(stream.clone(), last_closed);
+            let new_likes = likes.remove(&stream);
+            if sum.is_empty() && new_likes.is_none() {
+                continue;
+            }
+            let totals: BTreeMap<String, u64> = match self.store.reaction_totals(&stream).await {
+                Ok(t) => t.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, %stream, "reading reaction totals failed");
+                    continue;
+                }
+            };
+            let mut frame = serde_json::json!({
+                "window_ms": self.window_ms,
+                "counts": sum,
+                "totals": totals,
+            });
+            if let Some(l) = new_likes {
+                frame["likes"] = serde_json::json!(l);
+            }
+            let delivery = Delivery::Topic {
+                topic: topics::reactions(&stream),
+                payload: Bytes::from(frame.to_string()),
+            };
+            // Never wait on the relay from its own final flush: drop the frame instead.
+            if shared
+                .local
+                .try_send(crate::connection::Local::Deliver(delivery))
+                .is_err()
+            {
+                tracing::warn!(%stream, "the relay is busy; a reactions frame was dropped");
             }
         }
     }

@@ -2,6 +2,7 @@
 //! (rumqttc over TCP and WebSocket), real HTTP.
 #![allow(dead_code)]
 
+pub mod cassandra;
 pub mod process;
 pub mod redis;
 

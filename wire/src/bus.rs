@@ -261,6 +261,10 @@ pub trait Bus: Send + Sync + 'static {
     /// everywhere ignores these.
     fn watch(&self, _channel: Channel) {}
     fn unwatch(&self, _channel: Channel) {}
+    /// Whether the bus can carry traffic now (readiness probes); an in-process bus always can.
+    async fn ready(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// The in-process bus of the embedded default.

@@ -16,7 +16,8 @@
 //! - [`bus`] — the bus between broker nodes and bridges, with the in-process implementation.
 //! - [`ingest`] — the write-path entry point the HTTP API and the bus consumer call.
 //! - [`moderation`] — bans, review-queue items, reports, audit entries, moderation actions.
-//! - [`presence`] — the latest viewer counts per stream.
+//! - [`presence`] — viewer counts per stream (one process, or summed over a cluster).
+//! - [`reactions`] — reaction windows summed over the nodes of a cluster.
 //! - [`streams`] — a cache of stream records shared by the broker, bridge and API.
 //! - [`time`] — wall-clock helpers (milliseconds since the Unix epoch).
 
@@ -28,6 +29,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod moderation;
 pub mod presence;
+pub mod reactions;
 pub mod store;
 pub mod streams;
 pub mod time;

@@ -161,6 +161,17 @@ fn channel_name(prefix: &str, channel: &Channel) -> String {
 
 #[async_trait]
 impl Bus for RedisBus {
+    async fn ready(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        tokio::time::timeout(SUBMIT_TIMEOUT, ping)
+            .await
+            .map_err(|_| unavailable("redis did not answer in time"))?
+            .map(drop)
+            .map_err(unavailable)
+    }
+
     async fn submit(&self, submission: Submission) -> Result<(), BusError> {
         let bytes = postcard::to_allocvec(&submission).map_err(unavailable)?;
         let mut conn = self.conn.clone();

@@ -49,7 +49,11 @@ async fn stats(
 ) -> Result<Json<Stats>, ApiError> {
     let id = parse_stream_id(&stream_id)?;
     stream(&state, &id).await?;
-    let p = state.presence.get(&id);
+    let p = state
+        .presence
+        .current(&id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let reactions = state
         .streams
         .store()
