@@ -3,7 +3,8 @@
 //!
 //! Modules by concern: [`target`] starts or attaches to the system under test, [`mqtt`] is the
 //! light client, [`schedule`] the fixed posting schedule, [`payload`] what is sent and parsed,
-//! [`stats`] and [`sampler`] what is measured, [`report`] and [`plot`] what is written.
+//! [`stats`] and [`sampler`] what is measured ([`probe`]: the disk's fsync latency and the
+//! server's /metrics), [`report`] and [`plot`] what is written.
 //! One module per scenario of docs/benchmarks.md: [`fanout`] (also the engine of [`ingest`]
 //! and [`mixed`]), [`connections`], [`ingest`], [`reactions`], [`replay`], [`mixed`].
 //! [`cli`] is the command line, one subcommand per scenario.
