@@ -1,7 +1,7 @@
 //! The fan-out scenario: N subscribers on one topic, P posters on a fixed schedule, every
 //! comment counted at every subscriber.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +22,7 @@ use wire::auth::Role;
 use crate::mqtt::{self, Endpoint};
 use crate::payload::{self, now_us};
 use crate::report::{
-    Connections, Deliveries, Posts, RunResult, ScenarioSummary, TimelinePoint, Verdict,
+    Connections, Deliveries, Percentiles, Posts, RunResult, ScenarioSummary, TimelinePoint, Verdict,
 };
 use crate::sampler::{Sampler, UsageSummary};
 use crate::schedule::Schedule;
@@ -61,7 +61,14 @@ pub struct Scenario {
     pub p99_limit_ms: f64,
     /// Show progress bars.
     pub progress: bool,
+    /// QoS of the posts instead of the target's own (Mosquitto posts at QoS 0 in the fan-out
+    /// scenario and at QoS 1 in the ingest scenario).
+    pub post_qos: Option<QoS>,
 }
+
+/// Told when posting starts: the instant of the first scheduled post and its Unix time in
+/// microseconds (other loads of a mixed run start with it).
+pub type StartSignal = tokio::sync::oneshot::Sender<(Instant, u64)>;
 
 /// Shared by every subscriber task.
 struct Receiving {
@@ -82,12 +89,20 @@ struct Posting {
     rejected: Mutex<BTreeMap<String, u64>>,
     pubacks: AtomicU64,
     lag: Mutex<Histogram<u64>>,
-    ack: Mutex<Histogram<u64>>,
+    /// Post → inbox `ack` (livecomments), by second of the send time.
+    ack: LatencyRecorder,
+    /// Post → PUBACK, by second of the send time.
+    puback: LatencyRecorder,
+    /// Send times of posts waiting for their PUBACK, per poster, by packet id.
+    in_flight: Vec<Mutex<HashMap<u16, u64>>>,
+    /// Inbox acks per second of arrival.
+    acked_per_s: PerSecond,
+    last_ack_us: AtomicU64,
     /// Posts count as accepted when the inbox says so (else when sent).
     confirm_by_inbox: bool,
 }
 
-fn bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
+pub(crate) fn bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
@@ -107,6 +122,15 @@ fn source_ip(i: usize, k: u8) -> IpAddr {
 
 /// Runs the scenario against a started target.
 pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
+    run_with(target, sc, None).await
+}
+
+/// Runs the scenario; `started` hears when posting starts.
+pub async fn run_with(
+    target: &Target,
+    sc: &Scenario,
+    started: Option<StartSignal>,
+) -> anyhow::Result<RunResult> {
     let started_at_ms = now_us() / 1000;
     let endpoint = match sc.transport {
         Transport::Tcp => target.tcp.clone(),
@@ -198,9 +222,14 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
         rejected: Mutex::new(BTreeMap::new()),
         pubacks: AtomicU64::new(0),
         lag: Mutex::new(duration_histogram()),
-        ack: Mutex::new(duration_histogram()),
+        ack: LatencyRecorder::new(epoch, 8),
+        puback: LatencyRecorder::new(epoch, 8),
+        in_flight: (0..posters_n).map(|_| Mutex::new(HashMap::new())).collect(),
+        acked_per_s: PerSecond::new(epoch, total_seconds),
+        last_ack_us: AtomicU64::new(0),
         confirm_by_inbox: target.inbox_topic("x").is_some(),
     });
+    let post_qos = sc.post_qos.unwrap_or(target.post_qos);
     let receiving = Arc::new(Receiving {
         latency: LatencyRecorder::new(epoch, 16),
         delivered: PerSecond::new(epoch, total_seconds),
@@ -211,18 +240,26 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for (p, (r, w)) in poster_conns.into_iter().enumerate() {
-        readers.push(tokio::spawn(read_answers(r, posting.clone(), stop.clone())));
+        readers.push(tokio::spawn(read_answers(
+            r,
+            p,
+            posting.clone(),
+            stop.clone(),
+        )));
         let task = PosterTask {
             index: p,
             count: posters_n,
             topic: target.post_topic.clone(),
-            qos: target.post_qos,
+            qos: post_qos,
             comment_bytes: sc.comment_bytes,
             keep_alive: sc.keep_alive,
             schedule,
             posting: posting.clone(),
         };
         writers.push(tokio::spawn(task.post(w)));
+    }
+    if let Some(tx) = started {
+        let _ = tx.send((start, epoch));
     }
 
     // ---- run: progress while the schedule plays ----
@@ -274,8 +311,9 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
     let drain_started = Instant::now();
     loop {
         let sent = posting.sent.load(Ordering::Relaxed);
-        let answered =
-            !posting.confirm_by_inbox || posting.answered.load(Ordering::Relaxed) >= sent;
+        let answered = (!posting.confirm_by_inbox
+            || posting.answered.load(Ordering::Relaxed) >= sent)
+            && (post_qos == QoS::AtMostOnce || posting.pubacks.load(Ordering::Relaxed) >= sent);
         let accepted = posting
             .accepted
             .lock()
@@ -364,12 +402,20 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
 
     let (all, per_second) = receiving.latency.merged();
     let latency_ms = LatencySummary::of(&all);
+    let (ack_all, ack_per_second) = posting.ack.merged();
+    let (puback_all, puback_per_second) = posting.puback.merged();
     let sent_ps = posting.sent_per_s.values();
     let delivered_ps = receiving.delivered.values();
     let timeline_len = per_second
         .len()
+        .max(ack_per_second.len())
         .max(sc.seconds.ceil() as usize)
         .min(total_seconds);
+    let pcts = |hs: &[Histogram<u64>], t: usize| {
+        hs.get(t)
+            .filter(|h| !h.is_empty())
+            .map(|h| Percentiles::from(&LatencySummary::of(h)))
+    };
     let timeline = (0..timeline_len)
         .map(|t| {
             let h = per_second
@@ -388,6 +434,8 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
                 p50_ms: h.p50_ms,
                 p99_ms: h.p99_ms,
                 max_ms: h.max_ms,
+                ack_ms: pcts(&ack_per_second, t),
+                puback_ms: pcts(&puback_per_second, t),
                 sut_cpu_pct: sample.and_then(|s| s.sut).map(|u| u.cpu_pct),
                 sut_rss_mb: sample.and_then(|s| s.sut).map(|u| u.rss_mb),
                 generator_cpu_pct: sample.map(|s| s.generator.cpu_pct),
@@ -415,8 +463,8 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
         - generator.cpu_avg_pct)
         .max(0.0);
     let lag = LatencySummary::of(&posting.lag.lock().unwrap_or_else(|e| e.into_inner()));
-    let ack = posting.ack.lock().unwrap_or_else(|e| e.into_inner());
     let rejected = std::mem::take(&mut *posting.rejected.lock().unwrap_or_else(|e| e.into_inner()));
+    let rejected_total: u64 = rejected.values().sum();
     let answered = posting.answered.load(Ordering::Relaxed);
     let posts = Posts {
         scheduled: schedule.total(),
@@ -429,7 +477,19 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<RunResult> {
             0
         },
         pubacks: posting.pubacks.load(Ordering::Relaxed),
-        ack_ms: posting.confirm_by_inbox.then(|| LatencySummary::of(&ack)),
+        ack_ms: posting
+            .confirm_by_inbox
+            .then(|| LatencySummary::of(&ack_all)),
+        puback_ms: (post_qos != QoS::AtMostOnce).then(|| LatencySummary::of(&puback_all)),
+        acked_per_s: {
+            let acked = if posting.confirm_by_inbox {
+                posting.answered.load(Ordering::Relaxed) - rejected_total
+            } else {
+                posting.pubacks.load(Ordering::Relaxed)
+            };
+            let last = posting.last_ack_us.load(Ordering::Relaxed);
+            acked as f64 / (last.saturating_sub(epoch) as f64 / 1e6).max(sc.seconds)
+        },
         schedule_lag_ms: lag,
     };
     let verdict = Verdict {
@@ -619,15 +679,35 @@ async fn connect_poster(
 }
 
 /// PUBACKs and inbox answers, until the run stops.
-async fn read_answers(mut r: mqtt::Reader, posting: Arc<Posting>, stop: CancellationToken) {
+async fn read_answers(
+    mut r: mqtt::Reader,
+    poster: usize,
+    posting: Arc<Posting>,
+    stop: CancellationToken,
+) {
+    let mut one = Vec::with_capacity(1);
     loop {
         let packet = tokio::select! {
             _ = stop.cancelled() => break,
             p = r.next() => p,
         };
         match packet {
-            Ok(Packet::PubAck(_)) => {
+            Ok(Packet::PubAck(ack)) => {
+                let now = now_us();
                 posting.pubacks.fetch_add(1, Ordering::Relaxed);
+                let sent = posting.in_flight[poster]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ack.pkid);
+                if let Some(sent) = sent {
+                    one.clear();
+                    one.push((sent, now.saturating_sub(sent)));
+                    posting.puback.record(poster, &one);
+                }
+                if !posting.confirm_by_inbox {
+                    posting.acked_per_s.add(now, 1);
+                    posting.last_ack_us.fetch_max(now, Ordering::Relaxed);
+                }
             }
             Ok(Packet::Publish(p)) => posting.answer(&p.payload),
             Ok(_) => {}
@@ -658,14 +738,19 @@ impl PosterTask {
                 self.qos,
                 Bytes::from(payload::post_body(seq, sent_us, self.comment_bytes)),
             );
+            let p = &self.posting;
+            // Before sending: the answers may come back before this task runs again.
+            p.sent_at_us[seq as usize].store(sent_us, Ordering::Relaxed);
             if self.qos != QoS::AtMostOnce {
                 pkid = pkid % u16::MAX + 1;
                 publish.pkid = pkid;
+                p.in_flight[self.index]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(pkid, sent_us);
             }
             w.send(mqtt::encode(&Packet::Publish(publish))).await.ok()?;
             last_write = Instant::now();
-            let p = &self.posting;
-            p.sent_at_us[seq as usize].store(sent_us, Ordering::Relaxed);
             p.sent.fetch_add(1, Ordering::Relaxed);
             p.sent_per_s.add(sent_us, 1);
             record_duration(&p.lag, lag);
@@ -698,10 +783,14 @@ impl Posting {
                     .insert(seq);
                 if fresh {
                     self.answered.fetch_add(1, Ordering::Relaxed);
+                    let now = now_us();
+                    self.acked_per_s.add(now, 1);
+                    self.last_ack_us.fetch_max(now, Ordering::Relaxed);
                     if let Some(sent) = self.sent_at_us.get(seq as usize) {
                         let sent = sent.load(Ordering::Relaxed);
-                        let us = now_us().saturating_sub(sent);
-                        record_duration(&self.ack, Duration::from_micros(us));
+                        // The poster of `seq` is `seq % posters`: its shard of the recorder.
+                        self.ack
+                            .record(seq as usize, &[(sent, now.saturating_sub(sent))]);
                     }
                 }
             }

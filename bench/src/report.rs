@@ -51,6 +51,12 @@ pub struct Posts {
     pub pubacks: u64,
     /// Post → durable `ack` on the inbox (livecomments).
     pub ack_ms: Option<LatencySummary>,
+    /// Post → PUBACK (QoS 1 posts). livecomments sends it once the post is handed to the
+    /// write path (not yet stored); Mosquitto once it has routed the message.
+    pub puback_ms: Option<LatencySummary>,
+    /// Acknowledged posts per second (inbox acks for livecomments, PUBACKs otherwise), from
+    /// the first scheduled post to the last acknowledgement.
+    pub acked_per_s: f64,
     /// How late posts left against the fixed schedule (a late generator shows here).
     pub schedule_lag_ms: LatencySummary,
 }
@@ -87,9 +93,31 @@ pub struct TimelinePoint {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Post → inbox ack of the posts sent in this second (livecomments).
+    pub ack_ms: Option<Percentiles>,
+    /// Post → PUBACK of the posts sent in this second (QoS 1 posts).
+    pub puback_ms: Option<Percentiles>,
     pub sut_cpu_pct: Option<f64>,
     pub sut_rss_mb: Option<f64>,
     pub generator_cpu_pct: Option<f64>,
+}
+
+/// Three percentiles of one second of a timeline.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl From<&LatencySummary> for Percentiles {
+    fn from(l: &LatencySummary) -> Percentiles {
+        Percentiles {
+            p50_ms: l.p50_ms,
+            p99_ms: l.p99_ms,
+            max_ms: l.max_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -216,38 +244,13 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "`{}`\n", self.command);
-        let mut header = "| | ".to_string();
-        header.push_str(
-            &self
-                .runs
-                .iter()
-                .map(|r| r.target.to_string())
-                .collect::<Vec<_>>()
-                .join(" | "),
-        );
+        let labels: Vec<String> = self.runs.iter().map(|r| r.target.to_string()).collect();
         let with_ratio = self.ratios.is_some();
-        if with_ratio {
-            header.push_str(" | ours / Mosquitto");
-        }
-        header.push_str(" |");
-        let _ = writeln!(out, "{header}");
-        let cols = self.runs.len() + usize::from(with_ratio);
-        let _ = writeln!(out, "|---|{}", "---:|".repeat(cols));
+        let mut table = Table::side_by_side(&labels, with_ratio);
         let r = self.ratios.as_ref();
         let mut row = |name: &str, f: &dyn Fn(&RunResult) -> String, q: Option<f64>| {
-            let mut line = format!("| {name} |");
-            for run in &self.runs {
-                let _ = write!(line, " {} |", f(run));
-            }
-            if with_ratio {
-                match q {
-                    Some(q) if q.is_finite() => {
-                        let _ = write!(line, " {q:.2}× |");
-                    }
-                    _ => line.push_str(" |"),
-                }
-            }
-            let _ = writeln!(out, "{line}");
+            let cells: Vec<String> = self.runs.iter().map(f).collect();
+            table.compare(name, cells, q);
         };
         let ms = |v: f64| format!("{v:.1} ms");
         row(
@@ -351,6 +354,14 @@ impl Report {
             None,
         );
         row(
+            "post → PUBACK p50 / p99",
+            &|x| match &x.posts.puback_ms {
+                Some(a) => format!("{:.1} / {:.1} ms", a.p50_ms, a.p99_ms),
+                None => "—".into(),
+            },
+            None,
+        );
+        row(
             "schedule lag p99 / max",
             &|x| {
                 format!(
@@ -422,6 +433,272 @@ impl Report {
             },
             None,
         );
+        out.push_str(&table.render());
         out
+    }
+}
+
+/// A markdown table.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    header: Vec<String>,
+    right_aligned: Vec<bool>,
+    rows: Vec<Vec<String>>,
+    /// The side-by-side layout has a ratio column.
+    with_ratio: bool,
+}
+
+impl Table {
+    /// Columns with these names; the first is left-aligned, the others right-aligned.
+    pub fn new(columns: &[&str]) -> Table {
+        Table {
+            header: columns.iter().map(|c| c.to_string()).collect(),
+            right_aligned: (0..columns.len()).map(|i| i > 0).collect(),
+            rows: Vec::new(),
+            with_ratio: false,
+        }
+    }
+
+    /// A first column of row names, one column per target, and an "ours / Mosquitto" column.
+    pub fn side_by_side(targets: &[String], with_ratio: bool) -> Table {
+        let mut columns = vec![String::new()];
+        columns.extend(targets.iter().cloned());
+        if with_ratio {
+            columns.push("ours / Mosquitto".into());
+        }
+        let refs: Vec<&str> = columns.iter().map(String::as_str).collect();
+        Table {
+            with_ratio,
+            ..Table::new(&refs)
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// A row of the side-by-side layout: a name, one cell per target, and a ratio.
+    pub fn compare(&mut self, name: &str, cells: Vec<String>, ratio: Option<f64>) {
+        let mut row = vec![name.to_string()];
+        row.extend(cells);
+        if self.with_ratio {
+            row.push(fmt_ratio(ratio));
+        }
+        self.rows.push(row);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let cell = |s: &str| s.replace('|', "\\|");
+        let _ = writeln!(
+            out,
+            "| {} |",
+            self.header
+                .iter()
+                .map(|h| cell(h))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(
+            out,
+            "|{}",
+            self.right_aligned
+                .iter()
+                .map(|r| if *r { "---:|" } else { "---|" })
+                .collect::<String>()
+        );
+        for row in &self.rows {
+            let mut cells: Vec<String> = row.iter().map(|c| cell(c)).collect();
+            cells.resize(self.header.len(), String::new());
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        out
+    }
+}
+
+/// `1.23×`, or empty when there is nothing to compare.
+pub fn fmt_ratio(q: Option<f64>) -> String {
+    match q {
+        Some(q) if q.is_finite() => format!("{q:.2}×"),
+        _ => String::new(),
+    }
+}
+
+/// `a / b`, NaN when `b` is 0.
+pub fn ratio_of(a: f64, b: f64) -> f64 {
+    ratio(a, b)
+}
+
+/// `p50 / p99 ms` of a latency summary.
+pub fn fmt_p50_p99(l: &LatencySummary) -> String {
+    format!("{:.1} / {:.1} ms", l.p50_ms, l.p99_ms)
+}
+
+/// What every scenario's result.json holds around its own result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope<'a, T: Serialize> {
+    pub scenario: &'a str,
+    pub command: String,
+    /// UTC, ISO 8601.
+    pub date: String,
+    pub machine: Machine,
+    pub result: &'a T,
+}
+
+impl Machine {
+    /// This machine, with the open-file limit the run had.
+    pub fn current(open_files_limit: u64) -> Machine {
+        Machine {
+            cores: crate::sampler::cores(),
+            open_files_limit,
+        }
+    }
+}
+
+/// The command line of this process, as `livecomments-bench ...`.
+pub fn command_line() -> String {
+    std::iter::once("livecomments-bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `2026-11-22T10:04:05Z` for milliseconds since the Unix epoch.
+pub fn utc_iso(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Writes `result.json` (the envelope around `result`) and `result.md` into `out`, prints the
+/// markdown and says where the files are.
+pub fn write_outputs<T: Serialize>(
+    out: &Path,
+    scenario: &str,
+    open_files_limit: u64,
+    result: &T,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let envelope = Envelope {
+        scenario,
+        command: command_line(),
+        date: utc_iso(crate::payload::now_us() / 1000),
+        machine: Machine::current(open_files_limit),
+        result,
+    };
+    let json = out.join("result.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&envelope)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = format!(
+        "## {scenario} — {}\n\n`{}`\n\n{markdown}",
+        envelope.date, envelope.command
+    );
+    std::fs::write(out.join("result.md"), &md)?;
+    println!("{md}");
+    eprintln!("results in {}", out.display());
+    Ok(())
+}
+
+/// The usage rows every scenario shows (server, generator, machine, other processes).
+pub fn usage_rows(table: &mut Table, usages: &[&crate::sampler::RunUsage], with_ratio: bool) {
+    let sut = |u: &crate::sampler::RunUsage| u.sut.unwrap_or_default();
+    let q = |f: &dyn Fn(&crate::sampler::RunUsage) -> f64| {
+        (with_ratio && usages.len() == 2).then(|| ratio(f(usages[0]), f(usages[1])))
+    };
+    table.compare(
+        "server CPU avg / max",
+        usages
+            .iter()
+            .map(|u| match u.sut {
+                Some(s) => format!("{:.0} / {:.0} %", s.cpu_avg_pct, s.cpu_max_pct),
+                None => "—".into(),
+            })
+            .collect(),
+        q(&|u| sut(u).cpu_avg_pct),
+    );
+    table.compare(
+        "server RSS max",
+        usages
+            .iter()
+            .map(|u| match u.sut {
+                Some(s) => format!("{:.1} MB", s.rss_max_mb),
+                None => "—".into(),
+            })
+            .collect(),
+        q(&|u| sut(u).rss_max_mb),
+    );
+    table.compare(
+        "generator CPU avg / max",
+        usages
+            .iter()
+            .map(|u| {
+                format!(
+                    "{:.0} / {:.0} %",
+                    u.generator.cpu_avg_pct, u.generator.cpu_max_pct
+                )
+            })
+            .collect(),
+        None,
+    );
+    table.compare(
+        "machine busy (all cores = 100 %)",
+        usages
+            .iter()
+            .map(|u| format!("{:.0} %", u.machine_busy_avg_pct))
+            .collect(),
+        None,
+    );
+    table.compare(
+        "other processes' CPU (100 % = one core)",
+        usages
+            .iter()
+            .map(|u| format!("{:.0} %", u.other_load_pct))
+            .collect(),
+        None,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_iso(1_763_771_234_567), "2025-11-22T00:27:14Z");
+    }
+
+    #[test]
+    fn side_by_side_tables_have_a_ratio_column() {
+        let mut t = Table::side_by_side(&["livecomments".into(), "mosquitto".into()], true);
+        t.compare("rate", vec!["10".into(), "5".into()], Some(2.0));
+        t.compare("a|b", vec!["1".into()], None);
+        let md = t.render();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(
+            lines[0],
+            "|  | livecomments | mosquitto | ours / Mosquitto |"
+        );
+        assert_eq!(lines[1], "|---|---:|---:|---:|");
+        assert_eq!(lines[2], "| rate | 10 | 5 | 2.00× |");
+        assert_eq!(lines[3], "| a\\|b | 1 |  |  |");
+        assert_eq!(fmt_ratio(Some(f64::NAN)), "");
     }
 }

@@ -82,6 +82,16 @@ struct Prev {
     machine: Option<(u64, u64)>,
 }
 
+/// CPU ticks summed over processes (none if one of them cannot be read: it exited).
+fn sum_ticks(pids: &[String]) -> Option<u64> {
+    pids.iter().map(|p| cpu_ticks(p)).sum()
+}
+
+/// RSS summed over processes (those that cannot be read count 0).
+fn sum_rss(pids: &[String]) -> f64 {
+    pids.iter().filter_map(|p| rss_mb(p)).sum()
+}
+
 /// Samples every `interval` until dropped or stopped.
 pub struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -90,16 +100,29 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn start(sut_pid: Option<u32>, interval: Duration) -> Sampler {
+        Sampler::start_many(sut_pid.into_iter().collect(), Vec::new(), interval)
+    }
+
+    /// Samples several server processes (summed: the nodes of a multi-node run) and the
+    /// generator's own worker processes besides this one (summed into `generator`).
+    pub fn start_many(sut_pids: Vec<u32>, generator_pids: Vec<u32>, interval: Duration) -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let out = samples.clone();
         let task = tokio::spawn(async move {
             let hz = clock_ticks();
-            let sut_pid = sut_pid.map(|p| p.to_string());
+            let sut: Vec<String> = sut_pids.iter().map(|p| p.to_string()).collect();
+            let generator: Vec<String> = std::iter::once("self".to_string())
+                .chain(generator_pids.iter().map(|p| p.to_string()))
+                .collect();
             let started = Instant::now();
             let read = |at| Prev {
                 at,
-                sut: sut_pid.as_deref().and_then(cpu_ticks),
-                generator: cpu_ticks("self"),
+                sut: if sut.is_empty() {
+                    None
+                } else {
+                    sum_ticks(&sut)
+                },
+                generator: sum_ticks(&generator),
                 machine: machine_ticks(),
             };
             let mut prev = read(Instant::now());
@@ -121,15 +144,13 @@ impl Sampler {
                 let sample = Sample {
                     t_s: (now.at - started).as_secs_f64(),
                     at_us: crate::payload::now_us(),
-                    sut: sut_pid.as_deref().and_then(|pid| {
-                        Some(ProcUsage {
-                            cpu_pct: pct(prev.sut, now.sut),
-                            rss_mb: rss_mb(pid)?,
-                        })
+                    sut: (!sut.is_empty() && now.sut.is_some()).then(|| ProcUsage {
+                        cpu_pct: pct(prev.sut, now.sut),
+                        rss_mb: sum_rss(&sut),
                     }),
                     generator: ProcUsage {
                         cpu_pct: pct(prev.generator, now.generator),
-                        rss_mb: rss_mb("self").unwrap_or(0.0),
+                        rss_mb: sum_rss(&generator),
                     },
                     machine_busy_pct,
                 };
@@ -138,6 +159,14 @@ impl Sampler {
             }
         });
         Sampler { samples, task }
+    }
+
+    /// Every sample so far.
+    pub fn snapshot(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The latest sample, if one was taken.
@@ -181,6 +210,66 @@ impl UsageSummary {
     }
 }
 
+/// Who used the CPU during a phase of a run: the system under test, the generator, and
+/// everything else on the machine (other work compiling on the same cores shows up there).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RunUsage {
+    pub sut: Option<UsageSummary>,
+    pub generator: UsageSummary,
+    /// Busy share of all cores (100 = every core busy).
+    pub machine_busy_avg_pct: f64,
+    /// CPU of every other process, percent of one core.
+    pub other_load_pct: f64,
+    /// Samples the numbers are made of.
+    pub samples: usize,
+}
+
+impl RunUsage {
+    /// The samples taken in `[from_us, to_us)`.
+    pub fn of(samples: &[Sample], from_us: u64, to_us: u64) -> RunUsage {
+        let run: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.at_us >= from_us && s.at_us < to_us)
+            .collect();
+        let with_sut = run.iter().any(|s| s.sut.is_some());
+        let sut = with_sut.then(|| UsageSummary::of(run.iter().filter_map(|s| s.sut)));
+        let generator = UsageSummary::of(run.iter().map(|s| s.generator));
+        let machine_busy_avg_pct = if run.is_empty() {
+            0.0
+        } else {
+            run.iter().map(|s| s.machine_busy_pct).sum::<f64>() / run.len() as f64
+        };
+        let other_load_pct = (machine_busy_avg_pct * cores() as f64
+            - sut.map(|s| s.cpu_avg_pct).unwrap_or(0.0)
+            - generator.cpu_avg_pct)
+            .max(0.0);
+        RunUsage {
+            sut,
+            generator,
+            machine_busy_avg_pct,
+            other_load_pct,
+            samples: run.len(),
+        }
+    }
+
+    /// Both cores busy for most of the phase: the numbers are a shared-machine ceiling.
+    pub fn machine_saturated(&self) -> bool {
+        self.machine_busy_avg_pct > 90.0
+    }
+
+    /// The generator used (nearly) every core.
+    pub fn generator_saturated(&self) -> bool {
+        self.generator.cpu_avg_pct > 0.9 * cores() as f64 * 100.0
+    }
+}
+
+/// Cores of this machine.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +281,38 @@ mod tests {
         let (busy, total) = machine_ticks().unwrap();
         assert!(busy <= total);
         assert!(clock_ticks() > 0.0);
+    }
+
+    #[test]
+    fn run_usage_takes_the_window_and_attributes_the_rest_to_others() {
+        let at = |t: u64, sut: f64, generator: f64, busy: f64| Sample {
+            t_s: t as f64,
+            at_us: t * 1_000_000,
+            sut: Some(ProcUsage {
+                cpu_pct: sut,
+                rss_mb: 10.0 + t as f64,
+            }),
+            generator: ProcUsage {
+                cpu_pct: generator,
+                rss_mb: 5.0,
+            },
+            machine_busy_pct: busy,
+        };
+        let samples = [
+            at(1, 100.0, 50.0, 99.0),
+            at(2, 60.0, 20.0, 50.0),
+            at(3, 40.0, 20.0, 50.0),
+            at(4, 100.0, 100.0, 100.0),
+        ];
+        let u = RunUsage::of(&samples, 2_000_000, 4_000_000);
+        assert_eq!(u.samples, 2);
+        let sut = u.sut.unwrap();
+        assert!((sut.cpu_avg_pct - 50.0).abs() < 1e-9);
+        assert!((sut.rss_max_mb - 13.0).abs() < 1e-9);
+        assert!((u.machine_busy_avg_pct - 50.0).abs() < 1e-9);
+        let expected_other = (50.0 * cores() as f64 - 50.0 - 20.0f64).max(0.0);
+        assert!((u.other_load_pct - expected_other).abs() < 1e-9);
+        assert!(!u.machine_saturated());
+        assert_eq!(RunUsage::of(&samples, 10_000_000, 11_000_000).samples, 0);
     }
 }

@@ -73,6 +73,17 @@ fn is_inner_separator(c: char) -> bool {
 
 /// Case-folded, diacritic-free, confusable-folded text (leetspeak untouched).
 pub fn fold(text: &str) -> String {
+    // ASCII is its own NFKC and NFD form, has no combining marks and no look-alikes: only its
+    // case folds. Most comments are ASCII and the rules fold each one several times, inside
+    // the single writer: the Unicode path cost ~100 µs per 200-byte comment there (the
+    // ingest benchmark's bottleneck, docs/benchmarks.md).
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    fold_unicode(text)
+}
+
+fn fold_unicode(text: &str) -> String {
     text.nfkc()
         .flat_map(char::to_lowercase)
         .collect::<String>()
@@ -238,6 +249,20 @@ mod tests {
 
     fn texts(s: &str) -> Vec<String> {
         words(s).iter().map(Word::text).collect()
+    }
+
+    #[test]
+    fn ascii_fast_path_equals_the_unicode_path() {
+        let all: String = (0u8..128).map(char::from).collect();
+        assert_eq!(fold(&all), fold_unicode(&all));
+        for s in [
+            "What A GOAL!!",
+            "f.U.c.K 4ss $hit",
+            "www.Example.COM/x?y=1",
+            "",
+        ] {
+            assert_eq!(fold(s), fold_unicode(s), "{s:?}");
+        }
     }
 
     #[test]

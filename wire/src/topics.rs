@@ -36,6 +36,11 @@ pub fn presence(stream: &StreamId) -> String {
     format!("streams/{stream}/presence")
 }
 
+/// Reactions and likes sent by clients: `streams/{stream}/react`.
+pub fn react(stream: &StreamId) -> String {
+    format!("streams/{stream}/react")
+}
+
 /// Viewer reports of comments (QoS 1): `streams/{stream}/report`.
 pub fn report(stream: &StreamId) -> String {
     format!("streams/{stream}/report")

@@ -47,6 +47,12 @@ pub struct Options {
     pub attach: Option<Attach>,
     /// Keep the data directory (and the server's log) after the run.
     pub keep_data: bool,
+    /// A data directory to use (and keep) instead of a temporary one: a seeded store.
+    pub data_dir: Option<PathBuf>,
+    /// Environment overrides for the started process (`LIVECOMMENTS__SECTION__KEY`).
+    pub env: Vec<(String, String)>,
+    /// The stream to run in: created and started unless it exists (default: a new one).
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +128,15 @@ pub async fn start(options: &Options) -> anyhow::Result<Target> {
                     c
                 }
             };
-            let data = dir.path().join("data");
+            let data = match &options.data_dir {
+                Some(d) => {
+                    std::fs::create_dir_all(d)?;
+                    // A stale endpoints.json of an earlier run must not be mistaken for ours.
+                    let _ = std::fs::remove_file(d.join(ENDPOINTS_FILE));
+                    d.clone()
+                }
+                None => dir.path().join("data"),
+            };
             let mut command = Command::new(&bin);
             command
                 .arg("up")
@@ -130,12 +144,15 @@ pub async fn start(options: &Options) -> anyhow::Result<Target> {
                 .arg(&config)
                 .arg("--data-dir")
                 .arg(&data);
-            let mut process = ServerProcess::spawn(
-                "livecomments",
-                command,
-                &dir.path().join("livecomments.log"),
-            )?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            for (k, v) in &options.env {
+                command.env(k, v);
+            }
+            let log = match &options.data_dir {
+                Some(d) => d.join("livecomments.log"),
+                None => dir.path().join("livecomments.log"),
+            };
+            let mut process = ServerProcess::spawn("livecomments", command, &log)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
             let endpoints = loop {
                 process.check_running()?;
                 if let Some(e) = read_endpoints(&data)? {
@@ -143,7 +160,7 @@ pub async fn start(options: &Options) -> anyhow::Result<Target> {
                 }
                 anyhow::ensure!(
                     tokio::time::Instant::now() < deadline,
-                    "livecomments wrote no endpoints.json within 60 s:\n{}",
+                    "livecomments wrote no endpoints.json within 120 s:\n{}",
                     process.log_tail(20)
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -160,26 +177,40 @@ pub async fn start(options: &Options) -> anyhow::Result<Target> {
             (endpoints, keys, Some(process), dir, pid)
         }
     };
-    let stream = format!("bench{}", crate::payload::now_us() / 1000);
+    let stream = match &options.stream {
+        Some(s) => s.clone(),
+        None => new_stream_id(),
+    };
     create_live_stream(endpoints.http, &keys, &stream).await?;
-    Ok(Target {
+    let mut target = Target {
         kind: Kind::Livecomments,
         tcp: Endpoint::Tcp(endpoints.mqtt),
         ws: endpoints.ws.map(|a| Endpoint::Ws(a, WS_PATH.into())),
         pid,
-        subscribe_topic: format!("streams/{stream}/comments"),
-        post_topic: format!("streams/{stream}/post"),
+        subscribe_topic: String::new(),
+        post_topic: String::new(),
+        react_topic: String::new(),
+        reactions_topic: String::new(),
         post_qos: QoS::AtLeastOnce,
+        http: Some(endpoints.http),
+        stream: None,
         format: Format::Frames,
         keys: Some(keys),
-        inbox_topic: Some("users/{user}/inbox"),
+        has_inbox: true,
         process,
         _dir: dir,
-    })
+    };
+    target.set_stream(&stream)?;
+    Ok(target)
 }
 
-/// `POST /v1/streams` then `POST /v1/streams/{id}/start` as a broadcaster.
-async fn create_live_stream(http: SocketAddr, keys: &JwtKeys, stream: &str) -> anyhow::Result<()> {
+/// `POST /v1/streams` then `POST /v1/streams/{id}/start` as a broadcaster; a stream that
+/// exists already is only started (which keeps its first start time).
+pub(super) async fn create_live_stream(
+    http: SocketAddr,
+    keys: &JwtKeys,
+    stream: &str,
+) -> anyhow::Result<()> {
     let token = keys.sign(&Claims {
         sub: "bench-broadcaster".into(),
         name: None,
@@ -190,14 +221,17 @@ async fn create_live_stream(http: SocketAddr, keys: &JwtKeys, stream: &str) -> a
     })?;
     let client = reqwest::Client::new();
     let base = format!("http://{http}/v1/streams");
-    client
+    let created = client
         .post(&base)
         .bearer_auth(&token)
         .json(&serde_json::json!({"id": stream, "title": "livecomments-bench"}))
         .send()
-        .await?
-        .error_for_status()
-        .context("creating the benchmark stream")?;
+        .await?;
+    if created.status() != reqwest::StatusCode::CONFLICT {
+        created
+            .error_for_status()
+            .context("creating the benchmark stream")?;
+    }
     client
         .post(format!("{base}/{stream}/start"))
         .bearer_auth(&token)
@@ -206,6 +240,11 @@ async fn create_live_stream(http: SocketAddr, keys: &JwtKeys, stream: &str) -> a
         .error_for_status()
         .context("starting the benchmark stream")?;
     Ok(())
+}
+
+/// `bench<microseconds>`: a fresh stream id per run (or per step of a sweep).
+pub(super) fn new_stream_id() -> String {
+    format!("bench{}", crate::payload::now_us())
 }
 
 #[cfg(test)]

@@ -49,12 +49,21 @@ pub struct Target {
     pub pid: Option<u32>,
     pub subscribe_topic: String,
     pub post_topic: String,
+    /// Where reactions go (`streams/{s}/react`; a plain topic on Mosquitto).
+    pub react_topic: String,
+    /// Where the reactions subscriber listens: the aggregated `streams/{s}/reactions`, or on
+    /// Mosquitto the plain topic the reactions are published on (every one delivered).
+    pub reactions_topic: String,
     pub post_qos: QoS,
+    /// The HTTP API (livecomments).
+    pub http: Option<std::net::SocketAddr>,
+    /// The live stream the scenario runs in (livecomments).
+    pub stream: Option<String>,
     pub format: Format,
     /// Signs client tokens (livecomments); none for anonymous brokers.
     keys: Option<JwtKeys>,
-    /// Where posters hear `ack`/`reject` answers, `{user}` replaced by the poster's user id.
-    inbox_topic: Option<&'static str>,
+    /// Posters hear `ack`/`reject` answers on their `users/{user}/inbox`.
+    has_inbox: bool,
     process: Option<ServerProcess>,
     /// Kept until the target is stopped (data directory, config file).
     _dir: Option<tempfile::TempDir>,
@@ -76,8 +85,50 @@ impl Target {
         })?))
     }
 
+    /// A token for the HTTP API (livecomments).
+    pub fn bearer(&self, user: &str, role: Role) -> anyhow::Result<String> {
+        self.password(user, role)?
+            .ok_or_else(|| anyhow::anyhow!("{} has no HTTP API", self.kind))
+    }
+
+    /// `http://host:port` of the HTTP API.
+    pub fn http_base(&self) -> anyhow::Result<String> {
+        let http = self
+            .http
+            .ok_or_else(|| anyhow::anyhow!("{} has no HTTP API", self.kind))?;
+        Ok(format!("http://{http}"))
+    }
+
+    /// Moves the target to a fresh live stream (livecomments; Mosquitto's topics stay), so a
+    /// step of a sweep starts with an empty stream: no `client_msg_id` of an earlier step is
+    /// taken for a retry, and reaction totals start at 0.
+    pub async fn new_stream(&mut self) -> anyhow::Result<()> {
+        let (Some(http), Some(keys)) = (self.http, &self.keys) else {
+            return Ok(());
+        };
+        let stream = livecomments::new_stream_id();
+        livecomments::create_live_stream(http, keys, &stream).await?;
+        self.set_stream(&stream)
+    }
+
+    /// Points the topics at a livecomments stream.
+    fn set_stream(&mut self, stream: &str) -> anyhow::Result<()> {
+        let id = wire::StreamId::new(stream)?;
+        self.subscribe_topic = wire::topics::comments(&id);
+        self.post_topic = wire::topics::post(&id);
+        self.react_topic = wire::topics::react(&id);
+        self.reactions_topic = wire::topics::reactions(&id);
+        self.stream = Some(stream.to_string());
+        Ok(())
+    }
+
     pub fn inbox_topic(&self, user: &str) -> Option<String> {
-        self.inbox_topic.map(|t| t.replace("{user}", user))
+        if !self.has_inbox {
+            return None;
+        }
+        wire::UserId::new(user)
+            .ok()
+            .map(|u| wire::topics::inbox(&u))
     }
 
     /// The end of the server's log, if we started it.

@@ -13,6 +13,8 @@ use crate::mqtt::Endpoint;
 
 /// The plain topic comments are published on.
 pub const TOPIC: &str = "bench/comments";
+/// The plain topic reactions are published on (an aggregating subscriber counts them).
+pub const REACT_TOPIC: &str = "bench/react";
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -94,10 +96,14 @@ pub async fn start(options: &Options) -> anyhow::Result<Target> {
         pid: process.pid(),
         subscribe_topic: TOPIC.into(),
         post_topic: TOPIC.into(),
+        react_topic: REACT_TOPIC.into(),
+        reactions_topic: REACT_TOPIC.into(),
         post_qos: QoS::AtMostOnce,
+        http: None,
+        stream: None,
         format: Format::Plain,
         keys: None,
-        inbox_topic: None,
+        has_inbox: false,
         process: Some(process),
         _dir: Some(dir),
     })
