@@ -43,7 +43,8 @@ pub struct Connections {
 pub struct Posts {
     pub scheduled: u64,
     pub sent: u64,
-    /// Posts every subscriber should see: acknowledged (livecomments) or sent (QoS 0).
+    /// Acknowledged posts (livecomments: inbox acks that arrived before the end; Mosquitto: sent
+    /// QoS 0 posts, or all sent at QoS 1).
     pub accepted: u64,
     pub rejected: BTreeMap<String, u64>,
     /// Sent, but neither acknowledged nor rejected by the end (livecomments).
@@ -63,7 +64,7 @@ pub struct Posts {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Deliveries {
-    /// accepted comments × connected subscribers.
+    /// Comments acknowledged or delivered to any subscriber × connected subscribers.
     pub expected: u64,
     pub unique: u64,
     pub duplicates: u64,

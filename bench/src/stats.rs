@@ -45,6 +45,17 @@ impl SeqSet {
         self.len == 0
     }
 
+    /// Adds every member of `other`.
+    pub fn union_with(&mut self, other: &SeqSet) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (w, o) in self.words.iter_mut().zip(&other.words) {
+            *w |= o;
+        }
+        self.len = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
+
     /// How many of `expected` are not in `self`.
     pub fn missing_from(&self, expected: &SeqSet) -> u64 {
         expected
@@ -123,6 +134,11 @@ impl SubscriberCounts {
 
     pub fn unique(&self) -> u64 {
         self.seen.len()
+    }
+
+    /// The comments seen.
+    pub fn seen(&self) -> &SeqSet {
+        &self.seen
     }
 
     pub fn missing(&self, expected: &SeqSet) -> u64 {
@@ -298,6 +314,11 @@ mod tests {
         }
         assert_eq!(c.missing(&expected), 3, "4, 6 and 7");
         assert!(expected.contains(7) && !expected.contains(8));
+        let mut u = SeqSet::default();
+        u.insert(100);
+        u.union_with(&expected);
+        assert_eq!(u.len(), 9);
+        assert!(u.contains(100) && u.contains(0));
     }
 
     #[test]
