@@ -128,17 +128,26 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 Duration::from_secs(config.bridge.rate_limit_window_s),
             );
             // Shared by the bridges of a cluster; in memory for one.
-            let (sequencer, limits): (
+            let (sequencer, limits, claims): (
                 Arc<dyn bridge::sequence::Sequencer>,
                 Arc<dyn bridge::limits::Limits>,
+                Arc<dyn bridge::claims::Claims>,
             ) = match &redis_client {
                 None => (
                     Arc::new(bridge::sequence::MemorySequencer::default()),
                     Arc::new(bridge::limits::LocalLimits::new(count, window)),
+                    Arc::new(bridge::claims::LocalClaims),
                 ),
                 Some(client) => {
                     let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
                     let prefix = config.bus.redis.prefix.clone();
+                    let claims = bridge::claims::RedisClaims::start(
+                        conn.clone(),
+                        prefix.clone(),
+                        &node_id,
+                        bus_stop.clone(),
+                    )
+                    .await?;
                     (
                         Arc::new(bridge::sequence::RedisSequencer::new(
                             conn.clone(),
@@ -147,6 +156,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                         Arc::new(bridge::limits::RedisLimits::new(
                             conn, prefix, count, window,
                         )),
+                        Arc::new(claims),
                     )
                 }
             };
@@ -161,6 +171,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                     accepted: Some(accepted_tx),
                     sequencer,
                     limits,
+                    claims,
                 },
                 stop.clone(),
             )?;
@@ -197,6 +208,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 config.bus.redis.prefix.clone(),
                 node_id.clone(),
                 4096,
+                Duration::from_millis(config.bus.redis.claim_idle_ms),
                 stop.clone(),
             ),
             (false, None) => {

@@ -196,10 +196,10 @@ async fn post_many(
     n: usize,
     wait: Duration,
 ) -> BTreeMap<String, u64> {
+    let text = |cmid: &str| format!("{prefix} {}", cmid.rsplit('-').next().unwrap_or(""));
     for i in 0..n {
-        poster
-            .post_text("s1", &format!("{prefix} {i}"), &format!("{prefix}-{i}"))
-            .await;
+        let cmid = format!("{prefix}-{i}");
+        poster.post_text("s1", &text(&cmid), &cmid).await;
         // Under the node's per-connection limit (20/s).
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
@@ -212,11 +212,15 @@ async fn post_many(
         else {
             continue;
         };
+        let cmid = a["client_msg_id"].as_str().unwrap_or_default().to_string();
         if a["type"] == "ack" {
-            acked.insert(
-                a["client_msg_id"].as_str().unwrap().to_string(),
-                a["seq"].as_u64().unwrap(),
-            );
+            acked.insert(cmid, a["seq"].as_u64().unwrap());
+        } else if a["type"] == "reject" && a["code"] == "unavailable" {
+            // What a client does: the same post again after retry_after_ms (a post the killed
+            // bridge had claimed is answered "retry" until its claim passes on).
+            let after = a["retry_after_ms"].as_u64().unwrap_or(500);
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            poster.post_text("s1", &text(&cmid), &cmid).await;
         }
     }
     acked

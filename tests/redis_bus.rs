@@ -391,3 +391,96 @@ async fn reactions_from_every_node_arrive_as_one_frame_per_window() {
     a.stop().await;
     b.stop().await;
 }
+
+fn accepted_comment(id: &str) -> wire::event::Comment {
+    wire::event::Comment {
+        id: id.into(),
+        seq: 1,
+        stream: wire::StreamId::new("s1").unwrap(),
+        user: wire::event::UserRef {
+            id: wire::UserId::new("ann").unwrap(),
+            name: "ann".into(),
+        },
+        text: format!("text of {id}"),
+        ts: wire::time::now_ms(),
+        offset_ms: 0,
+        reply_to: None,
+        likes: 0,
+        replies: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comments_a_dead_moderation_worker_had_read_go_to_another() {
+    use bridge::bus::redis::{accepted_feed, forward_accepted};
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let claim_idle = Duration::from_millis(1000);
+    let stop_a = CancellationToken::new();
+    let mut a = accepted_feed(
+        client.clone(),
+        "lc".into(),
+        "mod-a".into(),
+        16,
+        claim_idle,
+        stop_a.clone(),
+    );
+    // The group starts "from now": wait until the worker has created it.
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg("lc:accepted")
+            .query_async(&mut conn)
+            .await;
+        if matches!(groups, Ok(redis::Value::Array(ref g)) if !g.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moderation group created"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The bridge's side: accepted comments onto the stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let forwarder = tokio::spawn(forward_accepted(client.clone(), "lc".into(), rx));
+    for id in ["c1", "c2"] {
+        tx.send(accepted_comment(id).into()).await.unwrap();
+    }
+    drop(tx);
+    forwarder.await.unwrap();
+
+    // Worker a scores c1, then dies with c2 read but not scored.
+    let first = tokio::time::timeout(WAIT, a.recv()).await.unwrap().unwrap();
+    assert_eq!(first.comment.id, "c1");
+    (first.receipt.expect("a receipt"))();
+    let second = tokio::time::timeout(WAIT, a.recv()).await.unwrap().unwrap();
+    assert_eq!(second.comment.id, "c2");
+    drop(second);
+    stop_a.cancel();
+    drop(a);
+
+    // Worker b gets c2 (claimed once idle), and not c1 (scored).
+    let stop_b = CancellationToken::new();
+    let mut b = accepted_feed(
+        client,
+        "lc".into(),
+        "mod-b".into(),
+        16,
+        claim_idle,
+        stop_b.clone(),
+    );
+    let got = tokio::time::timeout(WAIT, b.recv()).await.unwrap().unwrap();
+    assert_eq!(got.comment.id, "c2");
+    assert_eq!(got.comment.text, "text of c2");
+    (got.receipt.expect("a receipt"))();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), b.recv())
+            .await
+            .is_err(),
+        "nothing else: c1 was acknowledged, c2 now too"
+    );
+    stop_b.cancel();
+}

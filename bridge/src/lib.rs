@@ -5,6 +5,7 @@
 //!
 //! 1. parse and validate the body (UTF-8, JSON, length, control characters);
 //! 2. answer retries: a `(stream, user, client_msg_id)` seen before gets the first answer again;
+//!    the others are claimed ([`claims`]) so no other bridge of a cluster processes them too;
 //! 3. check the stream is live, run the moderation hook, apply the per-user rate limit;
 //! 4. number the comment (`seq` per stream, `offset_ms` since the stream started);
 //! 5. store the whole batch in one durable transaction (group commit);
@@ -15,11 +16,15 @@
 //!
 //! # Layout
 //! - [`validate`] — body parsing and validation.
-//! - [`ratelimit`] — per-user GCRA limit.
+//! - [`ratelimit`] — per-user GCRA limit; [`limits`] — the limits of one bridge or a cluster.
+//! - [`claims`] — which bridge of a cluster processes a post or a stream's moderation step.
+//! - [`sequence`] — per-stream `seq` numbering, in memory or Redis.
+//! - [`bus`] — the Redis bus of a cluster.
 //! - `writer` — the batch pipeline above.
-//! - [`store`] — storage implementations (`embedded`: redb).
+//! - [`store`] — storage implementations (`embedded`: redb; `cassandra`).
 
 pub mod bus;
+pub mod claims;
 pub mod limits;
 pub mod ratelimit;
 pub mod remote;
@@ -37,7 +42,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wire::bus::{Bus, Call, CallResult, Received, Request, Submission};
-use wire::event::Comment;
 use wire::inbox::{Outcome, RejectCode, Rejected};
 use wire::ingest::Ingest;
 use wire::moderation::{Action, ActionError, ActionOutcome};
@@ -94,11 +98,14 @@ pub struct BridgeDeps {
     pub moderation: Arc<moderation::Moderation>,
     /// Accepted comments are copied here for asynchronous moderation (never blocks delivery:
     /// when full, the copy is dropped and counted).
-    pub accepted: Option<mpsc::Sender<Comment>>,
+    pub accepted: Option<mpsc::Sender<moderation::Queued>>,
     /// Hands out `seq`s (in memory, or shared by a cluster's bridges).
     pub sequencer: Arc<dyn sequence::Sequencer>,
     /// Comment rate and slow mode (in memory, or shared by a cluster's bridges).
     pub limits: Arc<dyn limits::Limits>,
+    /// Which bridge processes a post or a stream's moderation step (all of them for one
+    /// bridge; claimed in Redis by a cluster's bridges).
+    pub claims: Arc<dyn claims::Claims>,
 }
 
 pub(crate) enum Job {

@@ -30,7 +30,7 @@ pub mod rules;
 mod worker;
 
 pub use config::{ModelConfig, ModerationConfig, RuleAction};
-pub use worker::{run, Scorer};
+pub use worker::{run, Queued, Scorer};
 
 impl Scorer for model::ToxicityModel {
     fn score(&mut self, texts: &[&str]) -> Result<Vec<f32>, String> {

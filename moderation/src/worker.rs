@@ -18,19 +18,36 @@ pub trait Scorer: Send + 'static {
     fn score(&mut self, texts: &[&str]) -> Result<Vec<f32>, String>;
 }
 
+/// A comment to score, with what confirms it was handled.
+pub struct Queued {
+    pub comment: Comment,
+    /// Called once the comment is scored and acted on (a cluster's feed acknowledges its
+    /// Redis entry then; an entry whose worker died first goes to another worker).
+    pub receipt: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl From<Comment> for Queued {
+    fn from(comment: Comment) -> Self {
+        Queued {
+            comment,
+            receipt: None,
+        }
+    }
+}
+
 /// Consumes accepted comments until `shutdown`, then drains what is queued.
 ///
 /// Without a scorer (model disabled) comments are only counted.
 pub async fn run(
     config: ModelConfig,
-    mut accepted: mpsc::Receiver<Comment>,
+    mut accepted: mpsc::Receiver<Queued>,
     scorer: Option<Box<dyn Scorer>>,
     ingest: Arc<dyn Ingest>,
     shutdown: CancellationToken,
 ) {
     let mut scorer = scorer;
     let wait = Duration::from_millis(config.batch_wait_ms);
-    let mut batch: Vec<Comment> = Vec::with_capacity(config.batch_size);
+    let mut batch: Vec<Queued> = Vec::with_capacity(config.batch_size);
     let mut stopping = false;
     loop {
         // Wait for the first comment, then fill the batch for at most `batch_wait_ms`.
@@ -55,10 +72,16 @@ pub async fn run(
                 _ => break,
             }
         }
-        let comments = std::mem::take(&mut batch);
+        let (comments, receipts): (Vec<Comment>, Vec<_>) = std::mem::take(&mut batch)
+            .into_iter()
+            .map(|q| (q.comment, q.receipt))
+            .unzip();
+        // Handled once this batch is done with, whatever its outcome.
+        let confirm = move || receipts.into_iter().flatten().for_each(|r| r());
         let Some(s) = scorer.take() else {
             metrics::counter!("livecomments_moderation_unscored_total")
                 .increment(comments.len() as u64);
+            confirm();
             continue;
         };
         let started = Instant::now();
@@ -74,6 +97,7 @@ pub async fn run(
             Err(e) => {
                 // The scorer panicked; it is gone, comments are no longer scored.
                 tracing::error!(error = %e, "the toxicity model failed; model moderation stops");
+                confirm();
                 continue;
             }
         };
@@ -89,6 +113,7 @@ pub async fn run(
             }
             Err(e) => tracing::error!(error = %e, count = comments.len(), "scoring failed"),
         }
+        confirm();
     }
     tracing::info!("moderation drained");
 }

@@ -191,14 +191,16 @@ impl Bus for RedisBus {
             return Err(BusError::AlreadyTaken("submissions"));
         }
         let (tx, rx) = mpsc::channel(self.config.queue_capacity);
-        tokio::spawn(consumer_task(
-            self.client.clone(),
-            self.stream_key(),
-            self.consumer.clone(),
-            Duration::from_millis(self.config.claim_idle_ms),
-            tx,
-            self.shutdown.clone(),
-        ));
+        let reader = GroupReader {
+            client: self.client.clone(),
+            key: self.stream_key(),
+            group: GROUP,
+            start: "0",
+            consumer: self.consumer.clone(),
+            claim_idle: Duration::from_millis(self.config.claim_idle_ms),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(reader.run(decode_request, tx));
         Ok(rx)
     }
 
@@ -449,174 +451,185 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Reads the submission stream for the write path: new entries, and entries other
-/// consumers left pending too long.
-async fn consumer_task(
+/// One consumer of a consumer group: reads new entries, and every `claim_idle / 2` claims the
+/// entries other consumers (or this one, before a restart) left pending longer than
+/// `claim_idle` (`XAUTOCLAIM`: their consumer died). Decoded entries go to `tx` with their id,
+/// to be acknowledged by whoever handles them; an entry that cannot be decoded (a newer or
+/// foreign writer) is logged, acknowledged and deleted, or it would be claimed forever.
+/// Reconnects with back-off; ends when `tx` closes or `shutdown` fires (checked between
+/// reads, so entries already read are always handed on).
+struct GroupReader {
     client: redis::Client,
     key: String,
+    group: &'static str,
+    /// Where a new group starts: `0` (everything) or `$` (from now on).
+    start: &'static str,
     consumer: String,
     claim_idle: Duration,
-    tx: mpsc::Sender<Received>,
     shutdown: CancellationToken,
-) {
-    let mut attempt = 0;
-    'connect: loop {
-        if tx.is_closed() || shutdown.is_cancelled() {
-            return;
-        }
-        let mut conn = match client.get_multiplexed_async_connection().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "redis unavailable for submissions; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-        };
-        // The group may exist already (BUSYGROUP): fine.
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&key)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                tracing::warn!(error = %e, "creating the consumer group failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-        }
-        attempt = 0;
-        let mut last_claim = Instant::now() - claim_idle;
-        loop {
-            if tx.is_closed() || shutdown.is_cancelled() {
+}
+
+impl GroupReader {
+    async fn run<T: Send>(
+        self,
+        decode: impl Fn(redis::streams::StreamId) -> Result<T, (String, String)>,
+        tx: mpsc::Sender<T>,
+    ) {
+        let mut attempt = 0;
+        'connect: loop {
+            if tx.is_closed() || self.shutdown.is_cancelled() {
                 return;
             }
-            if last_claim.elapsed() >= claim_idle / 2 {
-                last_claim = Instant::now();
-                let claimed: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(&consumer)
-                    .arg(claim_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(READ_COUNT)
-                    .query_async(&mut conn)
-                    .await;
-                match claimed {
-                    Ok(reply) => {
-                        if !reply.claimed.is_empty() {
-                            tracing::info!(
-                                count = reply.claimed.len(),
-                                "claimed pending submissions"
-                            );
-                            metrics::counter!("livecomments_submissions_claimed_total")
-                                .increment(reply.claimed.len() as u64);
-                        }
-                        if forward(&tx, &mut conn, &key, reply.claimed).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming pending submissions failed");
-                        continue 'connect;
-                    }
+            let mut conn = match self.client.get_multiplexed_async_connection().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, key = %self.key, "redis unavailable; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
                 }
-            }
-            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&consumer)
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(500)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(">")
+            };
+            // The group may exist already (BUSYGROUP): fine.
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&self.key)
+                .arg(self.group)
+                .arg(self.start)
+                .arg("MKSTREAM")
                 .query_async(&mut conn)
                 .await;
-            match read {
-                Ok(Some(reply)) => {
-                    for k in reply.keys {
-                        if forward(&tx, &mut conn, &key, k.ids).await.is_err() {
-                            return;
+            if let Err(e) = created {
+                if e.code() != Some("BUSYGROUP") {
+                    tracing::warn!(error = %e, key = %self.key, "creating a consumer group failed");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            }
+            attempt = 0;
+            let mut last_claim = Instant::now() - self.claim_idle;
+            loop {
+                if tx.is_closed() || self.shutdown.is_cancelled() {
+                    return;
+                }
+                let entries = if last_claim.elapsed() >= self.claim_idle / 2 {
+                    last_claim = Instant::now();
+                    let claimed: redis::RedisResult<StreamAutoClaimReply> =
+                        redis::cmd("XAUTOCLAIM")
+                            .arg(&self.key)
+                            .arg(self.group)
+                            .arg(&self.consumer)
+                            .arg(self.claim_idle.as_millis() as u64)
+                            .arg("0-0")
+                            .arg("COUNT")
+                            .arg(READ_COUNT)
+                            .query_async(&mut conn)
+                            .await;
+                    match claimed {
+                        Ok(reply) => {
+                            if !reply.claimed.is_empty() {
+                                tracing::info!(
+                                    count = reply.claimed.len(),
+                                    key = %self.key,
+                                    "claimed pending entries"
+                                );
+                                metrics::counter!("livecomments_bus_claimed_total", "group" => self.group)
+                                    .increment(reply.claimed.len() as u64);
+                            }
+                            reply.claimed
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, key = %self.key, "claiming pending entries failed");
+                            tokio::time::sleep(backoff(0)).await;
+                            continue 'connect;
+                        }
+                    }
+                } else {
+                    let read: redis::RedisResult<Option<StreamReadReply>> =
+                        redis::cmd("XREADGROUP")
+                            .arg("GROUP")
+                            .arg(self.group)
+                            .arg(&self.consumer)
+                            .arg("COUNT")
+                            .arg(READ_COUNT)
+                            .arg("BLOCK")
+                            .arg(500)
+                            .arg("STREAMS")
+                            .arg(&self.key)
+                            .arg(">")
+                            .query_async(&mut conn)
+                            .await;
+                    match read {
+                        Ok(reply) => reply
+                            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                            .unwrap_or_default(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, key = %self.key, "reading failed; reconnecting");
+                            tokio::time::sleep(backoff(0)).await;
+                            continue 'connect;
+                        }
+                    }
+                };
+                let mut bad = Vec::new();
+                for entry in entries {
+                    match decode(entry) {
+                        Ok(item) => {
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err((id, e)) => {
+                            tracing::error!(error = %e, %id, key = %self.key, "undecodable entry dropped");
+                            metrics::counter!("livecomments_bus_undecodable_total").increment(1);
+                            bad.push(id);
                         }
                     }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading submissions failed; reconnecting");
-                    tokio::time::sleep(backoff(0)).await;
-                    continue 'connect;
+                if !bad.is_empty() {
+                    let dropped: redis::RedisResult<()> = redis::pipe()
+                        .cmd("XACK")
+                        .arg(&self.key)
+                        .arg(self.group)
+                        .arg(&bad)
+                        .ignore()
+                        .cmd("XDEL")
+                        .arg(&self.key)
+                        .arg(&bad)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(e) = dropped {
+                        tracing::warn!(error = %e, "removing undecodable entries failed");
+                    }
                 }
             }
         }
     }
 }
 
-/// Hands entries to the write path; an entry that cannot be decoded (a newer or foreign
-/// writer) is logged and removed, or it would be claimed again forever.
-async fn forward(
-    tx: &mpsc::Sender<Received>,
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    entries: Vec<redis::streams::StreamId>,
-) -> Result<(), ()> {
-    let mut bad = Vec::new();
-    for entry in entries {
-        let request = if let Some(bytes) = entry.get::<Vec<u8>>("s") {
-            postcard::from_bytes::<Submission>(&bytes)
-                .map(Request::Submission)
-                .map_err(|e| e.to_string())
-        } else if let Some(bytes) = entry.get::<Vec<u8>>("c") {
-            serde_json::from_slice::<CallEnvelope>(&bytes)
-                .map(|c| Request::Call {
-                    call: c.call,
-                    reply_to: c.reply_to,
-                })
-                .map_err(|e| e.to_string())
-        } else {
-            Err("neither a submission nor a call".to_string())
-        };
-        match request {
-            Ok(request) => tx
-                .send(Received {
-                    request,
-                    receipt: Some(entry.id),
-                })
-                .await
-                .map_err(|_| ())?,
-            Err(e) => {
-                tracing::error!(error = %e, id = %entry.id, "undecodable request dropped");
-                metrics::counter!("livecomments_bus_undecodable_total").increment(1);
-                bad.push(entry.id);
-            }
-        }
+/// A submission or a call, from an entry of the submission stream.
+fn decode_request(entry: redis::streams::StreamId) -> Result<Received, (String, String)> {
+    let request = if let Some(bytes) = entry.get::<Vec<u8>>("s") {
+        postcard::from_bytes::<Submission>(&bytes)
+            .map(Request::Submission)
+            .map_err(|e| e.to_string())
+    } else if let Some(bytes) = entry.get::<Vec<u8>>("c") {
+        serde_json::from_slice::<CallEnvelope>(&bytes)
+            .map(|c| Request::Call {
+                call: c.call,
+                reply_to: c.reply_to,
+            })
+            .map_err(|e| e.to_string())
+    } else {
+        Err("neither a submission nor a call".to_string())
+    };
+    match request {
+        Ok(request) => Ok(Received {
+            request,
+            receipt: Some(entry.id),
+        }),
+        Err(e) => Err((entry.id, e)),
     }
-    if !bad.is_empty() {
-        let dropped: redis::RedisResult<()> = redis::pipe()
-            .cmd("XACK")
-            .arg(key)
-            .arg(GROUP)
-            .arg(&bad)
-            .ignore()
-            .cmd("XDEL")
-            .arg(key)
-            .arg(&bad)
-            .ignore()
-            .query_async(conn)
-            .await;
-        if let Err(e) = dropped {
-            tracing::warn!(error = %e, "removing undecodable requests failed");
-        }
-    }
-    Ok(())
 }
 
 /// Accepted comments for moderation workers in other processes: a Redis Stream,
@@ -635,12 +648,12 @@ fn accepted_key(prefix: &str) -> String {
 pub async fn forward_accepted(
     client: redis::Client,
     prefix: String,
-    mut comments: mpsc::Receiver<wire::event::Comment>,
+    mut comments: mpsc::Receiver<moderation::Queued>,
 ) {
     let key = accepted_key(&prefix);
     let mut conn = None;
     while let Some(c) = comments.recv().await {
-        let bytes = match serde_json::to_vec(&c) {
+        let bytes = match serde_json::to_vec(&c.comment) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "encoding an accepted comment failed");
@@ -672,98 +685,82 @@ pub async fn forward_accepted(
     }
 }
 
-/// The comments moderation workers share: each is read by one worker of the group.
-/// Entries are acknowledged when handed to the worker's queue; a worker that dies loses
-/// what it had queued but not yet scored (moderators and reports still see those comments).
+/// The comments moderation workers share: each is read by one worker of the group and
+/// acknowledged once that worker scored it and acted on it; what a worker read but did not
+/// finish (it died) is claimed by another after `claim_idle`.
 pub fn accepted_feed(
     client: redis::Client,
     prefix: String,
     consumer: String,
     capacity: usize,
+    claim_idle: Duration,
     shutdown: CancellationToken,
-) -> mpsc::Receiver<wire::event::Comment> {
+) -> mpsc::Receiver<moderation::Queued> {
     let (tx, rx) = mpsc::channel(capacity);
-    tokio::spawn(async move {
-        let key = accepted_key(&prefix);
-        let mut attempt = 0;
-        'connect: loop {
-            if shutdown.is_cancelled() || tx.is_closed() {
-                return;
+    let key = accepted_key(&prefix);
+    let (acks_tx, acks) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(acknowledge(client.clone(), key.clone(), acks));
+    let reader = GroupReader {
+        client,
+        key,
+        group: MODERATION_GROUP,
+        start: "$",
+        consumer,
+        claim_idle,
+        shutdown,
+    };
+    let decode = move |entry: redis::streams::StreamId| {
+        let comment = entry
+            .get::<Vec<u8>>("c")
+            .ok_or_else(|| "no comment".to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+        match comment {
+            Ok(comment) => {
+                let acks = acks_tx.clone();
+                let id = entry.id;
+                Ok(moderation::Queued {
+                    comment,
+                    receipt: Some(Box::new(move || {
+                        let _ = acks.send(id);
+                    })),
+                })
             }
-            let mut conn = match client.get_multiplexed_async_connection().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis unavailable for moderation; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-            };
-            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&key)
-                .arg(MODERATION_GROUP)
-                .arg("$")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = created {
-                if e.code() != Some("BUSYGROUP") {
-                    tracing::warn!(error = %e, "creating the moderation group failed");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-            }
-            attempt = 0;
-            loop {
-                let mut cmd = redis::cmd("XREADGROUP");
-                cmd.arg("GROUP")
-                    .arg(MODERATION_GROUP)
-                    .arg(&consumer)
-                    .arg("COUNT")
-                    .arg(READ_COUNT)
-                    .arg("BLOCK")
-                    .arg(500)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(">");
-                let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
-                    r = cmd.query_async(&mut conn) => r,
-                    _ = shutdown.cancelled() => return,
-                };
-                let reply = match read {
-                    Ok(Some(r)) => r,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading accepted comments failed");
-                        tokio::time::sleep(backoff(0)).await;
-                        continue 'connect;
-                    }
-                };
-                let mut ids = Vec::new();
-                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-                    let comment = entry
-                        .get::<Vec<u8>>("c")
-                        .and_then(|b| serde_json::from_slice(&b).ok());
-                    ids.push(entry.id);
-                    if let Some(c) = comment {
-                        if tx.send(c).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let acked: redis::RedisResult<()> = redis::cmd("XACK")
-                    .arg(&key)
-                    .arg(MODERATION_GROUP)
-                    .arg(&ids)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = acked {
-                    tracing::warn!(error = %e, "acknowledging accepted comments failed");
-                }
-            }
+            Err(e) => Err((entry.id, e)),
         }
-    });
+    };
+    tokio::spawn(reader.run(decode, tx));
     rx
+}
+
+/// Acknowledges handled entries of the moderation group, in batches; ends when every
+/// receipt is gone (the reader and the worker stopped).
+async fn acknowledge(
+    client: redis::Client,
+    key: String,
+    mut acks: mpsc::UnboundedReceiver<String>,
+) {
+    let mut conn = None;
+    let mut ids = Vec::new();
+    while acks.recv_many(&mut ids, READ_COUNT).await > 0 {
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            tracing::warn!(count = ids.len(), "redis unavailable; entries stay pending");
+            ids.clear();
+            continue;
+        };
+        let acked: redis::RedisResult<()> = redis::cmd("XACK")
+            .arg(&key)
+            .arg(MODERATION_GROUP)
+            .arg(&ids)
+            .query_async(c)
+            .await;
+        if let Err(e) = acked {
+            // Left pending: claimed and scored again later, which is harmless.
+            tracing::warn!(error = %e, "acknowledging accepted comments failed");
+            conn = None;
+        }
+        ids.clear();
+    }
 }

@@ -11,6 +11,8 @@
 //! `Retracted` → (`restore`) `Visible`. Only `Visible` comments can be reported, and a user
 //! reports a comment once, ever.
 
+use std::time::Duration;
+
 use wire::bus::{Delivery, Submission};
 use wire::event::{Comment, Event, Restoration, Retraction, StreamStatus, UserRef};
 use wire::inbox::{Accepted, Answer, InboxMessage, Outcome, RejectCode, Rejected, Reported};
@@ -23,6 +25,10 @@ use wire::time::now_ms;
 use wire::{StreamId, UserId};
 
 use super::Writer;
+use crate::claims::Claim;
+
+/// Longest an action waits for another bridge to finish with its stream.
+const STREAM_CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 fn store_err(e: StoreError) -> ActionError {
     tracing::error!(error = %e, "storage failed during a moderation action");
@@ -71,7 +77,54 @@ struct After {
 }
 
 impl Writer {
+    /// Applies an action while holding its stream's claim: the steps read, then write, so two
+    /// bridges of a cluster must not interleave them on one stream.
     pub(super) async fn act(&mut self, action: Action) -> Result<ActionOutcome, ActionError> {
+        let stream = match &action {
+            Action::Retract { stream, .. }
+            | Action::Restore { stream, .. }
+            | Action::Report { stream, .. }
+            | Action::Flag { stream, .. } => stream.clone(),
+            Action::Decide { item_id, .. } => self
+                .deps
+                .store
+                .get_queue_item(item_id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| ActionError::NotFound(format!("no queue item {item_id}")))?
+                .stream
+                .clone(),
+        };
+        let claim = self.claim_stream(&stream).await?;
+        let result = self.apply(action).await;
+        self.deps.claims.release(&[claim]).await;
+        result
+    }
+
+    /// Waits (up to [`STREAM_CLAIM_WAIT`]) until this bridge holds `stream`'s claim.
+    async fn claim_stream(&self, stream: &StreamId) -> Result<Claim, ActionError> {
+        let claim = Claim::Stream(stream.clone());
+        let deadline = tokio::time::Instant::now() + STREAM_CLAIM_WAIT;
+        loop {
+            match self.deps.claims.claim(std::slice::from_ref(&claim)).await {
+                Ok(taken) if taken.first() == Some(&true) => return Ok(claim),
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(_) => {
+                    return Err(ActionError::Unavailable(format!(
+                        "another bridge is still changing stream {stream}; retry"
+                    )))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %stream, "claiming a stream failed");
+                    return Err(ActionError::Unavailable(e.to_string()));
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, action: Action) -> Result<ActionOutcome, ActionError> {
         match action {
             Action::Retract {
                 stream,
@@ -316,10 +369,13 @@ impl Writer {
             }
         };
         let reason = body.reason.unwrap_or_default();
-        match self
-            .report_comment(&sub.stream, &body.comment_id, &sub.author.id, &reason)
-            .await
-        {
+        let action = Action::Report {
+            stream: sub.stream.clone(),
+            comment_id: body.comment_id.clone(),
+            reporter: sub.author.id.clone(),
+            reason,
+        };
+        match self.act(action).await {
             Ok(_) => Ok(Answer::Reported(Reported {
                 comment_id: body.comment_id,
             })),

@@ -14,7 +14,11 @@ use wire::time::now_ms;
 use wire::{StreamId, UserId};
 
 use super::{unavailable, Reply, Writer};
+use crate::claims::Claim;
 use crate::validate::{parse_post, Post};
+
+/// When another bridge is processing the same post, its retry comes this much later.
+const IN_PROGRESS_RETRY_MS: u64 = 500;
 
 /// One submission on its way through the batch.
 struct Slot {
@@ -64,8 +68,9 @@ impl Writer {
             }
         }
 
-        // 2. Retries: earlier batches (store) and earlier slots of this batch.
-        self.answer_retries(&mut slots).await;
+        // 2. Retries: earlier batches (store) and earlier slots of this batch. The posts this
+        // bridge goes on to process are claimed (no other bridge processes them meanwhile).
+        let claimed = self.answer_retries(&mut slots).await;
 
         // 3. Stream, bans, rules, rate limit.
         let bans = self.bans_of_authors(&slots).await;
@@ -123,7 +128,7 @@ impl Writer {
                         .await;
                 }
                 if let Some(tx) = &self.deps.accepted {
-                    if tx.try_send(c.comment.clone()).is_err() {
+                    if tx.try_send(c.comment.clone().into()).is_err() {
                         metrics::counter!("livecomments_moderation_dropped_total").increment(1);
                     }
                 }
@@ -134,6 +139,9 @@ impl Writer {
                 seq: c.comment.seq,
             })));
         }
+
+        // Stored (or not): a retry may go anywhere now.
+        self.deps.claims.release(&claimed).await;
 
         // Answers, in arrival order.
         for i in 0..slots.len() {
@@ -148,7 +156,10 @@ impl Writer {
         }
     }
 
-    async fn answer_retries(&mut self, slots: &mut [Slot]) {
+    /// Answers posts seen before and copies within the batch; claims the rest for this
+    /// bridge (returned, to release once they are stored). A post another bridge is processing
+    /// right now is answered "retry".
+    async fn answer_retries(&mut self, slots: &mut [Slot]) -> Vec<Claim> {
         let mut first_of: HashMap<DedupKey, usize> = HashMap::new();
         let mut lookups = Vec::new();
         for (i, slot) in slots.iter_mut().enumerate() {
@@ -166,10 +177,33 @@ impl Writer {
                 }
             }
         }
+        let claims: Vec<Claim> = lookups
+            .iter()
+            .map(|(_, k)| Claim::Post(k.clone()))
+            .collect();
+        let granted = match self.deps.claims.claim(&claims).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming posts failed");
+                for (i, key) in lookups {
+                    slots[i].outcome = Some(Err(unavailable(Some(key.client_msg_id))));
+                }
+                return Vec::new();
+            }
+        };
         let keys: Vec<DedupKey> = lookups.iter().map(|(_, k)| k.clone()).collect();
         match self.deps.store.find_dedup(&keys).await {
             Ok(hits) => {
-                for ((i, key), hit) in lookups.into_iter().zip(hits) {
+                for (((i, key), hit), mine) in lookups.into_iter().zip(hits).zip(&granted) {
+                    if hit.is_none() && !mine {
+                        slots[i].outcome = Some(Err(Rejected::new(
+                            Some(key.client_msg_id),
+                            RejectCode::Unavailable,
+                            "this comment is being processed; retry with the same client_msg_id",
+                        )
+                        .retry_after(IN_PROGRESS_RETRY_MS)));
+                        continue;
+                    }
                     slots[i].outcome = hit.map(|h| {
                         Ok(match h {
                             DedupHit::Stored { id, seq } => Answer::Accepted(Accepted {
@@ -200,6 +234,11 @@ impl Writer {
                 }
             }
         }
+        claims
+            .into_iter()
+            .zip(granted)
+            .filter_map(|(c, mine)| mine.then_some(c))
+            .collect()
     }
 
     /// Every ban of the batch's authors still to be decided, from one store read.
