@@ -247,23 +247,6 @@ async fn receive(viewer: &mut Client, want: usize, wait: Duration) -> BTreeMap<u
     got
 }
 
-async fn presence_until(watcher: &mut Client, want: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let p = watcher
-            .next_on("streams/s1/presence", Duration::from_secs(5))
-            .await
-            .expect("presence within 5 s");
-        if p["viewers"] == want {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "presence never reached {want}: {p}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_processes_survives_its_failures() {
     let cluster = Cluster::up(2, 2);
@@ -304,8 +287,8 @@ async fn a_cluster_of_processes_survives_its_failures() {
     let mut watch2 = Client::must(cluster.mqtt(2, "w2", "w2")).await;
     watch2.subscribe("streams/s1/presence").await;
     // vic (comments) on 1, w1 on 1, w2 on 2.
-    presence_until(&mut watch1, 3).await;
-    presence_until(&mut watch2, 3).await;
+    watch1.presence_until(3).await;
+    watch2.presence_until(3).await;
     let mut reacts = Vec::new();
     for (node, user) in [(1, "r1"), (2, "r2")] {
         let c = Client::must(cluster.mqtt(node, user, user)).await;

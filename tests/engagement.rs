@@ -296,18 +296,6 @@ async fn a_late_joiner_gets_the_pin_which_survives_restarts_and_retraction_clear
 }
 
 /// The next presence message with `want` viewers, each within 5 s.
-async fn presence_until(watcher: &mut Client, want: u64) -> Value {
-    loop {
-        let p = watcher
-            .next_on("streams/s1/presence", Duration::from_secs(5))
-            .await
-            .expect("presence within 5 s");
-        if p["viewers"] == want {
-            return p;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_counts_follow_joins_and_abrupt_disconnects() {
     let sys = System::start_with(|c| c.presence.interval_ms = 500).await;
@@ -320,11 +308,11 @@ async fn viewer_counts_follow_joins_and_abrupt_disconnects() {
         c.subscribe("streams/s1/comments").await;
         others.push(c);
     }
-    let p = presence_until(&mut watcher, 4).await; // the watcher itself and three others
+    let p = watcher.presence_until(4).await; // the watcher itself and three others
     assert_eq!(p["unique"], 3, "ann twice, bob, w: {p}");
     // Kill one client without a DISCONNECT (its socket just goes away).
     drop(others.pop());
-    let p = presence_until(&mut watcher, 3).await;
+    let p = watcher.presence_until(3).await;
     assert_eq!(p["unique"], 3, "unique counts users since the start");
     let (_, stats) = sys.get_json("/v1/streams/s1/stats").await;
     assert_eq!(

@@ -266,18 +266,6 @@ async fn rate_limits_and_slow_mode_live_in_redis() {
 }
 
 /// The next presence message on `topic` with `want` viewers, each within 5 s.
-async fn presence_until(watcher: &mut Client, want: u64) -> Value {
-    loop {
-        let p = watcher
-            .next_on("streams/s1/presence", Duration::from_secs(5))
-            .await
-            .expect("presence within 5 s");
-        if p["viewers"] == want {
-            return p;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_summed_over_the_nodes_of_a_cluster() {
     let redis = RedisServer::start();
@@ -304,8 +292,8 @@ async fn presence_is_summed_over_the_nodes_of_a_cluster() {
         viewers.push(c);
     }
     // Both nodes' viewers see the cluster's count: wa, wb, ann twice, bob.
-    let pa = presence_until(&mut watch_a, 5).await;
-    let pb = presence_until(&mut watch_b, 5).await;
+    let pa = watch_a.presence_until(5).await;
+    let pb = watch_b.presence_until(5).await;
     assert_eq!(
         (pa["unique"].as_u64(), pb["unique"].as_u64()),
         (Some(4), Some(4))
@@ -319,11 +307,11 @@ async fn presence_is_summed_over_the_nodes_of_a_cluster() {
 
     // A viewer on b goes away abruptly; a's viewers see it.
     drop(viewers.pop());
-    presence_until(&mut watch_a, 4).await;
+    watch_a.presence_until(4).await;
     // Node b stops: its watcher's share goes with it.
     drop(watch_b);
     b.stop().await;
-    let p = presence_until(&mut watch_a, 3).await;
+    let p = watch_a.presence_until(3).await;
     assert_eq!(
         p["unique"], 4,
         "distinct users since the start stay counted"

@@ -17,6 +17,8 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use wire::store::DedupKey;
+
+use crate::bus::redis::{timed, CALL_TIMEOUT};
 use wire::StreamId;
 
 /// A bridge that has not beaten its heartbeat for this long is taken for dead.
@@ -25,12 +27,10 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Longest a claim holds without being released (a backstop: release is the normal end).
 const LEASE: Duration = Duration::from_secs(60);
-/// Longest a Redis call of a claim may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[error("claims unavailable: {0}")]
-pub struct ClaimError(String);
+pub struct ClaimError(#[from] wire::bus::BusError);
 
 /// What a claim is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -163,16 +163,7 @@ async fn beat(conn: &mut ConnectionManager, key: &str) -> Result<(), ClaimError>
         .arg(1)
         .arg("PX")
         .arg(HEARTBEAT_TTL.as_millis() as u64);
-    timed(set.query_async::<()>(conn)).await
-}
-
-async fn timed<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, ClaimError> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| ClaimError("redis did not answer in time".into()))?
-        .map_err(|e| ClaimError(e.to_string()))
+    Ok(timed(set.query_async::<()>(conn)).await?)
 }
 
 #[async_trait]

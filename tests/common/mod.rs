@@ -384,6 +384,24 @@ impl Client {
         (events, frames)
     }
 
+    /// The next `streams/s1/presence` message counting `want` viewers (within 15 s).
+    pub async fn presence_until(&mut self, want: u64) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let p = self
+                .next_on("streams/s1/presence", Duration::from_secs(5))
+                .await
+                .expect("presence within 5 s");
+            if p["viewers"] == want {
+                return p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "presence never reached {want}: {p}"
+            );
+        }
+    }
+
     /// The next answer on the user's inbox.
     pub async fn inbox(&mut self, user: &str) -> Value {
         self.next_on(&format!("users/{user}/inbox"), WAIT)

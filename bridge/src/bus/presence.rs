@@ -11,6 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use wire::bus::BusError;
+
+use super::redis::timed;
 use wire::presence::{NodeShare, Presence, SharedPresence};
 use wire::StreamId;
 
@@ -20,8 +22,6 @@ const UNIQUE_TTL_S: u64 = 7 * 24 * 3600;
 const PFADD_CHUNK: usize = 1000;
 /// A share counts this many intervals after its last report.
 const SHARE_LIFETIME_INTERVALS: u64 = 3;
-/// Redis calls give up after this long; the next interval tries again.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// KEYS: the stream's share hash, its HyperLogLog. ARGV: node id ("" to only read), the
 /// node's viewers, the share's lifetime in ms. Returns {viewers summed over live shares,
@@ -93,15 +93,6 @@ impl RedisPresence {
         let (viewers, unique) = timed(call).await?;
         Ok(Presence { viewers, unique })
     }
-}
-
-async fn timed<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, BusError> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| BusError::Unavailable("redis did not answer in time".into()))?
-        .map_err(|e| BusError::Unavailable(e.to_string()))
 }
 
 #[async_trait]

@@ -3,17 +3,17 @@
 //! reactions in that window and expiring a minute later.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use wire::bus::BusError;
+
+use super::redis::timed;
 use wire::reactions::SharedReactions;
 use wire::StreamId;
 
 /// A window's counts are read within a few windows of closing; keep them a little longer.
 const WINDOW_TTL_MS: u64 = 60_000;
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisReactions {
     conn: ConnectionManager,
@@ -28,15 +28,6 @@ impl RedisReactions {
     fn key(&self, stream: &StreamId, window: u64) -> String {
         format!("{}:rx:{stream}:{window}", self.prefix)
     }
-}
-
-async fn timed<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, BusError> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| BusError::Unavailable("redis did not answer in time".into()))?
-        .map_err(|e| BusError::Unavailable(e.to_string()))
 }
 
 #[async_trait]

@@ -91,6 +91,20 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
+/// Longest one call on the cluster's shared state in Redis may take (presence, reactions,
+/// claims); beyond it Redis counts as unavailable rather than stalling the caller.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Redis call bounded by [`CALL_TIMEOUT`]; a timeout or an error is `Unavailable`.
+pub(crate) async fn timed<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| unavailable("redis did not answer in time"))?
+        .map_err(unavailable)
+}
+
 impl RedisBus {
     /// Connects and starts the pub/sub task. `consumer` names this process in the group.
     pub async fn connect(
