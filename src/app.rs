@@ -257,7 +257,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 streams: streams.clone(),
                 auto_create_streams: config.bridge.auto_create_streams,
                 presence: presence.clone(),
-                shared_reactions,
+                shared_reactions: shared_reactions.clone(),
             },
             node_shutdown.clone(),
         )
@@ -282,6 +282,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 max_page: config.http.max_page,
                 max_comment_chars: config.bridge.max_comment_chars,
                 presence,
+                reactions: shared_reactions,
             },
             node_shutdown.intake.clone(),
         )

@@ -340,6 +340,9 @@ async fn reactions_from_every_node_arrive_as_one_frame_per_window() {
     for (sys, id) in [(&a, "r1"), (&a, "r2"), (&b, "r3"), (&b, "r4")] {
         senders.push(Client::must(sys.tcp(id, &sys.token(id, Role::Viewer))).await);
     }
+    // The shared totals start from the store's (here each node has a store of its own, so
+    // seed them before anything is counted).
+    assert_eq!(stats_totals(&a).await, json!({}));
     // 4 users × 5 per second for 2 s, on both nodes.
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;
@@ -376,8 +379,106 @@ async fn reactions_from_every_node_arrive_as_one_frame_per_window() {
         frames <= windows,
         "{frames} frames in {windows} windows: one per window, not one per node"
     );
+    // Both nodes report the cluster's totals (each has only its own in its store).
+    for sys in [&a, &b] {
+        assert_eq!(stats_totals(sys).await["🔥"], sent);
+    }
     a.stop().await;
     b.stop().await;
+}
+
+async fn stats_totals(sys: &System) -> Value {
+    let (status, stats) = sys.get_json("/v1/streams/s1/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    stats["reactions"].clone()
+}
+
+async fn react(client: &Client, emoji: &str, n: usize) {
+    for _ in 0..n {
+        client
+            .client
+            .publish(
+                "streams/s1/react",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                json!({ "emoji": emoji }).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Polls the stats until the totals equal `want`.
+async fn totals_become(sys: &System, want: Value) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = stats_totals(sys).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "totals {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_totals_live_in_redis_seeded_from_the_store() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let sys = System::start_with(move |c| {
+        c.bus.backend = BusBackend::Redis;
+        c.bus.redis.url = url;
+        c.reactions.window_ms = 200;
+    })
+    .await;
+    sys.live_stream("s1").await;
+    let r = Client::must(sys.tcp("r", &sys.token("r", Role::Viewer))).await;
+    react(&r, "🔥", 6).await;
+    react(&r, "👍", 3).await;
+    totals_become(&sys, json!({"🔥": 6, "👍": 3})).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hash = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("HGETALL")
+                .arg("lc:rt:s1")
+                .query_async::<std::collections::BTreeMap<String, u64>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("".into(), 0), ("🔥".into(), 6), ("👍".into(), 3)].into();
+    assert_eq!(hash(&mut conn).await, expected);
+
+    // The totals are read from Redis, not the store...
+    let _: () = redis::cmd("HINCRBY")
+        .arg("lc:rt:s1")
+        .arg("🔥")
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    totals_become(&sys, json!({"🔥": 106, "👍": 3})).await;
+    // ...and seeded from the store again when Redis lost them.
+    let _: () = redis::cmd("DEL")
+        .arg("lc:rt:s1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    totals_become(&sys, json!({"🔥": 6, "👍": 3})).await;
+    assert_eq!(hash(&mut conn).await, expected);
+    react(&r, "🔥", 2).await;
+    totals_become(&sys, json!({"🔥": 8, "👍": 3})).await;
+    assert_eq!(hash(&mut conn).await["🔥"], 8);
+    sys.stop().await;
 }
 
 fn accepted_comment(id: &str) -> wire::event::Comment {

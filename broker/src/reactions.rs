@@ -296,8 +296,9 @@ impl Flusher {
             if sum.is_empty() && new_likes.is_none() {
                 continue;
             }
-            let totals: BTreeMap<String, u64> = match self.store.reaction_totals(&stream).await {
-                Ok(t) => t.into_iter().collect(),
+            let totals = wire::reactions::totals(Some(&*shared.windows), &*self.store, &stream);
+            let totals: BTreeMap<String, u64> = match totals.await {
+                Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, %stream, "reading reaction totals failed");
                     continue;

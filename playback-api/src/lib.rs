@@ -74,6 +74,8 @@ pub struct AppState {
     pub max_comment_chars: usize,
     /// Viewer counts left by the broker node.
     pub presence: wire::presence::PresenceBoard,
+    /// A cluster's shared reaction totals (read instead of the store's).
+    pub reactions: Option<Arc<dyn wire::reactions::SharedReactions>>,
 }
 
 /// The whole API as one router.

@@ -54,13 +54,8 @@ async fn stats(
         .current(&id)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let reactions = state
-        .streams
-        .store()
-        .reaction_totals(&id)
-        .await?
-        .into_iter()
-        .collect();
+    let reactions =
+        wire::reactions::totals(state.reactions.as_deref(), &**state.streams.store(), &id).await?;
     Ok(Json(Stats {
         stream: id.to_string(),
         viewers: p.viewers,
