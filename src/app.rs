@@ -136,7 +136,7 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 None => (
                     Arc::new(bridge::sequence::MemorySequencer::default()),
                     Arc::new(bridge::limits::LocalLimits::new(count, window)),
-                    Arc::new(bridge::claims::LocalClaims),
+                    Arc::new(bridge::claims::LocalClaims::default()),
                 ),
                 Some(client) => {
                     let conn = redis::aio::ConnectionManager::new(client.clone()).await?;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bridge::claims::{Claim, Claims, RedisClaims, HEARTBEAT_TTL};
+use bridge::claims::{Claim, Claims, RedisClaims, Taken, HEARTBEAT_TTL};
 use common::redis::RedisServer;
 use common::{Client, System};
 use livecomments::config::BusBackend;
@@ -59,35 +59,41 @@ async fn a_claim_holds_until_released_or_its_bridge_stops() {
 
     assert_eq!(
         a.claim(&[post.clone(), stream.clone()]).await.unwrap(),
-        [true, true]
+        [Taken::Yes, Taken::Yes]
     );
     assert_eq!(
         b.claim(&[post.clone(), stream.clone(), tricky.clone()])
             .await
             .unwrap(),
-        [false, false, true],
+        [Taken::No, Taken::No, Taken::Yes],
         "held by a live bridge"
     );
     assert_eq!(
         a.claim(std::slice::from_ref(&post)).await.unwrap(),
-        [true],
+        [Taken::Yes],
         "the holder may claim again"
     );
 
     a.release(std::slice::from_ref(&post)).await;
-    assert_eq!(b.claim(std::slice::from_ref(&post)).await.unwrap(), [true]);
+    assert_eq!(
+        b.claim(std::slice::from_ref(&post)).await.unwrap(),
+        [Taken::Yes]
+    );
     // Releasing what another bridge holds changes nothing.
     a.release(std::slice::from_ref(&post)).await;
-    assert_eq!(a.claim(std::slice::from_ref(&post)).await.unwrap(), [false]);
+    assert_eq!(
+        a.claim(std::slice::from_ref(&post)).await.unwrap(),
+        [Taken::No]
+    );
 
     // A stopped bridge's claims pass on at once (its heartbeat is removed).
     assert_eq!(
         b.claim(std::slice::from_ref(&stream)).await.unwrap(),
-        [false]
+        [Taken::No]
     );
     a_stop.cancel();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while b.claim(std::slice::from_ref(&stream)).await.unwrap() != [true] {
+    while b.claim(std::slice::from_ref(&stream)).await.unwrap() != [Taken::Yes] {
         assert!(
             Instant::now() < deadline,
             "the stopped bridge's claim passed on"
@@ -126,10 +132,10 @@ async fn a_dead_bridges_claims_pass_on_when_its_heartbeat_expires() {
     let stream = Claim::Stream(StreamId::new("s1").unwrap());
     assert_eq!(
         b.claim(std::slice::from_ref(&stream)).await.unwrap(),
-        [false]
+        [Taken::No]
     );
     let started = Instant::now();
-    while b.claim(std::slice::from_ref(&stream)).await.unwrap() != [true] {
+    while b.claim(std::slice::from_ref(&stream)).await.unwrap() != [Taken::Yes] {
         assert!(
             started.elapsed() < HEARTBEAT_TTL + Duration::from_secs(2),
             "the dead bridge's claim passed on"
@@ -152,7 +158,7 @@ async fn a_post_another_bridge_is_processing_is_answered_retry_and_stored_once()
     let x1 = post_claim("s1", "ann", "x1");
     assert_eq!(
         other.claim(std::slice::from_ref(&x1)).await.unwrap(),
-        [true]
+        [Taken::Yes]
     );
     ann.post_text("s1", "hello", "x1").await;
     let r = ann.inbox("ann").await;
@@ -181,7 +187,7 @@ async fn a_post_another_bridge_is_processing_is_answered_retry_and_stored_once()
     // The bridge released its claim: the other one may take the key again.
     assert_eq!(
         other.claim(std::slice::from_ref(&x1)).await.unwrap(),
-        [true]
+        [Taken::Yes]
     );
     sys.stop().await;
 }
@@ -213,7 +219,7 @@ async fn a_moderation_step_waits_for_the_stream_claim() {
     let s1 = Claim::Stream(StreamId::new("s1").unwrap());
     assert_eq!(
         other.claim(std::slice::from_ref(&s1)).await.unwrap(),
-        [true]
+        [Taken::Yes]
     );
     let started = Instant::now();
     let release = async {
@@ -231,11 +237,362 @@ async fn a_moderation_step_waits_for_the_stream_claim() {
     // ...and gives up with a retryable error when the other bridge does not finish.
     assert_eq!(
         other.claim(std::slice::from_ref(&s1)).await.unwrap(),
-        [true]
+        [Taken::Yes]
     );
     let r = retract(&ids[1]).await.unwrap();
     assert_eq!(r.status(), 503, "{:?}", r.text().await);
     other.release(std::slice::from_ref(&s1)).await;
     assert_eq!(retract(&ids[1]).await.unwrap().status(), 200);
     sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsure_mark_is_reported_by_the_next_claim_only() {
+    let redis = RedisServer::start();
+    let (a, _a_stop) = other_bridge(&redis, "a").await;
+    let (b, _b_stop) = other_bridge(&redis, "b").await;
+    let post = post_claim("s1", "ann", "m1");
+    let Claim::Post(key) = post.clone() else {
+        unreachable!()
+    };
+    a.mark_unsure(std::slice::from_ref(&key)).await;
+    // Another bridge's claim reports it, once.
+    assert_eq!(
+        b.claim(std::slice::from_ref(&post)).await.unwrap(),
+        [Taken::Unsure]
+    );
+    b.release(std::slice::from_ref(&post)).await;
+    assert_eq!(
+        a.claim(std::slice::from_ref(&post)).await.unwrap(),
+        [Taken::Yes]
+    );
+    // A claim that fails (held elsewhere) leaves the mark for the holder's retry.
+    b.mark_unsure(std::slice::from_ref(&key)).await;
+    assert_eq!(
+        b.claim(std::slice::from_ref(&post)).await.unwrap(),
+        [Taken::No]
+    );
+    a.release(std::slice::from_ref(&post)).await;
+    assert_eq!(
+        b.claim(std::slice::from_ref(&post)).await.unwrap(),
+        [Taken::Unsure]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_finds_an_unsure_post_stored_publishes_it() {
+    let redis = RedisServer::start();
+    let sys = system_on(&redis).await;
+    sys.live_stream("s1").await;
+    let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
+    viewer.subscribe("streams/s1/comments").await;
+    let mut ann = Client::must(sys.tcp("ann", &sys.token("ann", Role::Viewer))).await;
+    ann.subscribe("users/ann/inbox").await;
+    ann.post_text("s1", "hello", "x1").await;
+    let first = ann.inbox("ann").await;
+    assert_eq!(first["type"], "ack", "{first}");
+    let (got, _) = viewer.comments("s1", 1, common::WAIT).await;
+    assert_eq!(got.len(), 1);
+
+    // As a bridge whose commit of x1 timed out would have left it (the store has x1, nobody
+    // was shown it).
+    let (other, _stop) = other_bridge(&redis, "bridge-2").await;
+    let Claim::Post(key) = post_claim("s1", "ann", "x1") else {
+        unreachable!()
+    };
+    other.mark_unsure(std::slice::from_ref(&key)).await;
+    ann.post_text("s1", "hello", "x1").await;
+    let again = ann.inbox("ann").await;
+    assert_eq!(
+        (
+            again["type"].clone(),
+            again["id"].clone(),
+            again["seq"].clone()
+        ),
+        (json!("ack"), first["id"].clone(), first["seq"].clone()),
+        "{again}"
+    );
+    let (got, _) = viewer.comments("s1", 1, common::WAIT).await;
+    assert_eq!(got.len(), 1, "published by the retry");
+    assert_eq!(got[0]["id"], first["id"]);
+    assert_eq!(got[0]["seq"], first["seq"]);
+
+    // Once: a further retry is only answered.
+    ann.post_text("s1", "hello", "x1").await;
+    assert_eq!(ann.inbox("ann").await["id"], first["id"]);
+    let (more, _) = viewer.comments("s1", 1, Duration::from_millis(800)).await;
+    assert!(more.is_empty(), "{more:?}");
+    sys.stop().await;
+}
+
+mod failed_commit {
+    //! A commit that reports a failure after the store applied it (a storage timeout), on the
+    //! embedded store behind a wrapper that can do exactly that.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bridge::claims::LocalClaims;
+    use bridge::store::EmbeddedStore;
+    use bridge::{Bridge, BridgeDeps, BridgeShutdown};
+    use wire::auth::Role;
+    use wire::bus::{Author, Bus, Delivery, MemoryBus, Origin, Submission, SubmissionKind};
+    use wire::event::{Comment, Event, StreamState, StreamStatus};
+    use wire::inbox::{Answer, RejectCode};
+    use wire::ingest::Ingest;
+    use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
+    use wire::store::{
+        Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
+    };
+    use wire::streams::StreamDirectory;
+    use wire::{StreamId, UserId};
+
+    /// The embedded store, except that a commit can be made to apply and then fail.
+    struct Flaky {
+        inner: EmbeddedStore,
+        fail_after_commit: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+            self.inner.commit(batch).await?;
+            if self.fail_after_commit.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Task("request timed out (applied)".into()));
+            }
+            Ok(())
+        }
+        async fn create_stream(&self, s: &StreamState) -> Result<bool, StoreError> {
+            self.inner.create_stream(s).await
+        }
+        async fn update_stream(&self, s: &StreamState, e: u64) -> Result<bool, StoreError> {
+            self.inner.update_stream(s, e).await
+        }
+        async fn get_stream(&self, id: &StreamId) -> Result<Option<StreamState>, StoreError> {
+            self.inner.get_stream(id).await
+        }
+        async fn list_streams(&self) -> Result<Vec<StreamState>, StoreError> {
+            self.inner.list_streams().await
+        }
+        async fn last_seq(&self, s: &StreamId) -> Result<u64, StoreError> {
+            self.inner.last_seq(s).await
+        }
+        async fn find_dedup(&self, k: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError> {
+            self.inner.find_dedup(k).await
+        }
+        async fn has_reported(
+            &self,
+            s: &StreamId,
+            c: &str,
+            u: &UserId,
+        ) -> Result<bool, StoreError> {
+            self.inner.has_reported(s, c, u).await
+        }
+        async fn add_reactions(
+            &self,
+            s: &StreamId,
+            c: &[(String, u64)],
+        ) -> Result<Vec<(String, u64)>, StoreError> {
+            self.inner.add_reactions(s, c).await
+        }
+        async fn reaction_totals(&self, s: &StreamId) -> Result<Vec<(String, u64)>, StoreError> {
+            self.inner.reaction_totals(s).await
+        }
+        async fn set_likes(&self, c: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
+            self.inner.set_likes(c).await
+        }
+        async fn engagement(
+            &self,
+            s: &StreamId,
+            ids: &[String],
+        ) -> Result<Vec<(u64, u64)>, StoreError> {
+            self.inner.engagement(s, ids).await
+        }
+        async fn replies(
+            &self,
+            s: &StreamId,
+            p: &str,
+            a: u64,
+            l: usize,
+        ) -> Result<Vec<Comment>, StoreError> {
+            self.inner.replies(s, p, a, l).await
+        }
+        async fn find_comment(
+            &self,
+            s: &StreamId,
+            id: &str,
+        ) -> Result<Option<StoredComment>, StoreError> {
+            self.inner.find_comment(s, id).await
+        }
+        async fn replay(
+            &self,
+            s: &StreamId,
+            f: u64,
+            t: u64,
+            a: Option<ReplayCursor>,
+            l: usize,
+        ) -> Result<Vec<Comment>, StoreError> {
+            self.inner.replay(s, f, t, a, l).await
+        }
+        async fn latest(
+            &self,
+            s: &StreamId,
+            f: u64,
+            t: u64,
+            l: usize,
+        ) -> Result<Vec<Comment>, StoreError> {
+            self.inner.latest(s, f, t, l).await
+        }
+        async fn after_seq(
+            &self,
+            s: &StreamId,
+            a: u64,
+            l: usize,
+        ) -> Result<Vec<Event>, StoreError> {
+            self.inner.after_seq(s, a, l).await
+        }
+        async fn put_ban(&self, b: &Ban) -> Result<(), StoreError> {
+            self.inner.put_ban(b).await
+        }
+        async fn delete_ban(&self, u: &UserId, s: &BanScope) -> Result<bool, StoreError> {
+            self.inner.delete_ban(u, s).await
+        }
+        async fn bans_of(&self, u: &[UserId]) -> Result<Vec<Ban>, StoreError> {
+            self.inner.bans_of(u).await
+        }
+        async fn put_queue_item(&self, i: &QueueItem) -> Result<(), StoreError> {
+            self.inner.put_queue_item(i).await
+        }
+        async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
+            self.inner.get_queue_item(id).await
+        }
+        async fn queue_item_for_comment(
+            &self,
+            s: &StreamId,
+            c: &str,
+        ) -> Result<Option<QueueItem>, StoreError> {
+            self.inner.queue_item_for_comment(s, c).await
+        }
+        async fn list_queue(
+            &self,
+            s: Option<&StreamId>,
+            st: Option<QueueStatus>,
+            l: usize,
+        ) -> Result<Vec<QueueItem>, StoreError> {
+            self.inner.list_queue(s, st, l).await
+        }
+        async fn add_strike(&self, u: &UserId, at: i64, w: i64) -> Result<u32, StoreError> {
+            self.inner.add_strike(u, at, w).await
+        }
+        async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+            self.inner.append_audit(e).await
+        }
+        async fn list_audit(
+            &self,
+            s: Option<&StreamId>,
+            b: Option<i64>,
+            l: usize,
+        ) -> Result<Vec<AuditEntry>, StoreError> {
+            self.inner.list_audit(s, b, l).await
+        }
+    }
+
+    fn post(cmid: &str) -> Submission {
+        Submission {
+            kind: SubmissionKind::Post,
+            stream: StreamId::new("s1").unwrap(),
+            author: Author {
+                id: UserId::new("ann").unwrap(),
+                name: "ann".into(),
+                role: Role::Viewer,
+                subscriber: false,
+            },
+            payload: serde_json::json!({"text": format!("hello {cmid}"), "client_msg_id": cmid})
+                .to_string()
+                .into(),
+            origin: Origin::Http,
+            received_at_ms: wire::time::now_ms(),
+        }
+    }
+
+    /// The seqs of the stream events published until nothing comes for a while.
+    async fn published(rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            if let Delivery::Stream { seq, .. } = d {
+                seqs.push(seq);
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_comment_stored_by_a_failed_commit_is_published_by_its_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::common::test_config(dir.path());
+        let store = Arc::new(Flaky {
+            inner: EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
+            fail_after_commit: AtomicBool::new(false),
+        });
+        let mut live = StreamState::new(StreamId::new("s1").unwrap(), "s1".into(), None, 0);
+        live.status = StreamStatus::Live;
+        live.started_at = Some(wire::time::now_ms());
+        assert!(store.create_stream(&live).await.unwrap());
+        let bus = Arc::new(MemoryBus::new(1024));
+        let mut deliveries = bus.take_deliveries().unwrap();
+        let shutdown = BridgeShutdown::default();
+        let (bridge, tasks) = Bridge::start(
+            config.bridge.clone(),
+            BridgeDeps {
+                store: store.clone(),
+                bus: bus.clone(),
+                streams: StreamDirectory::new(store.clone()),
+                moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
+                accepted: None,
+                sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
+                limits: Arc::new(bridge::limits::LocalLimits::new(0, Duration::from_secs(1))),
+                claims: Arc::new(LocalClaims::default()),
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
+
+        let Ok(Answer::Accepted(a1)) = bridge.submit(post("a1")).await else {
+            panic!("a1 accepted")
+        };
+        assert_eq!(published(&mut deliveries).await, [a1.seq]);
+
+        // x1's commit applies, then reports a failure: the poster is told to retry and
+        // nothing is published.
+        store.fail_after_commit.store(true, Ordering::SeqCst);
+        let refused = bridge.submit(post("x1")).await.unwrap_err();
+        assert_eq!(refused.code, RejectCode::Unavailable);
+        assert!(published(&mut deliveries).await.is_empty());
+
+        // The retry finds x1 stored: acknowledged with it, and published now.
+        let Ok(Answer::Accepted(x1)) = bridge.submit(post("x1")).await else {
+            panic!("x1 accepted on retry")
+        };
+        assert_eq!(x1.seq, a1.seq + 1);
+        assert_eq!(published(&mut deliveries).await, [x1.seq]);
+        // Only once.
+        let Ok(Answer::Accepted(again)) = bridge.submit(post("x1")).await else {
+            panic!("x1 accepted again")
+        };
+        assert_eq!(again, x1);
+        assert!(published(&mut deliveries).await.is_empty());
+        // Numbering goes on after it.
+        let a2 = match bridge.submit(post("a2")).await {
+            Ok(Answer::Accepted(a)) => a,
+            other => panic!("a2 accepted: {other:?}"),
+        };
+        assert_eq!(a2.seq, x1.seq + 1);
+        assert_eq!(published(&mut deliveries).await, [a2.seq]);
+
+        shutdown.consumer.cancel();
+        shutdown.writer.cancel();
+        let _ = tasks.writer.await;
+    }
 }

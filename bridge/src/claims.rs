@@ -10,8 +10,15 @@
 //! until the bridge holding it stops beating its heartbeat (`{prefix}:bridge:{token}`), so a
 //! killed bridge's claims pass to another within [`HEARTBEAT_TTL`] while a slow but live one
 //! keeps them.
+//!
+//! Claims also remember posts whose commit failed in a way that may still have stored them (a
+//! storage timeout): [`Claims::mark_unsure`]. The next claim of such a post reports it
+//! ([`Taken::Unsure`]) and forgets the mark, so the retry that finds the post stored publishes
+//! it, which the failed attempt never did.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -27,6 +34,8 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Longest a claim holds without being released (a backstop: release is the normal end).
 const LEASE: Duration = Duration::from_secs(60);
+/// How long a post's "may be stored" mark waits for its retry.
+const UNSURE_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 #[error("claims unavailable: {0}")]
@@ -41,30 +50,81 @@ pub enum Claim {
     Stream(StreamId),
 }
 
-#[async_trait]
-pub trait Claims: Send + Sync + 'static {
-    /// Takes each claim unless another live bridge holds it: `true` = this bridge has it
-    /// (also when it had it already).
-    async fn claim(&self, claims: &[Claim]) -> Result<Vec<bool>, ClaimError>;
-    /// Gives claims up (best effort: an unreleased claim ends with its lease).
-    async fn release(&self, claims: &[Claim]);
+/// The answer to one claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Another live bridge holds it.
+    No,
+    /// This bridge holds it (also when it held it already).
+    Yes,
+    /// This bridge holds it, and the post's last attempt may have stored it unannounced
+    /// ([`Claims::mark_unsure`]; the mark is gone now).
+    Unsure,
 }
 
-/// One bridge: its writer does one thing at a time, so every claim is granted.
-pub struct LocalClaims;
+impl Taken {
+    pub fn held(self) -> bool {
+        self != Taken::No
+    }
+}
+
+#[async_trait]
+pub trait Claims: Send + Sync + 'static {
+    /// Takes each claim unless another live bridge holds it.
+    async fn claim(&self, claims: &[Claim]) -> Result<Vec<Taken>, ClaimError>;
+    /// Gives claims up (best effort: an unreleased claim ends with its lease).
+    async fn release(&self, claims: &[Claim]);
+    /// Remembers posts whose commit failed but may have been applied (best effort).
+    async fn mark_unsure(&self, posts: &[DedupKey]);
+}
+
+/// One bridge: its writer does one thing at a time, so every claim is granted; the unsure
+/// marks are kept in memory.
+#[derive(Default)]
+pub struct LocalClaims {
+    unsure: Mutex<HashMap<DedupKey, Instant>>,
+}
+
+impl LocalClaims {
+    fn unsure(&self) -> std::sync::MutexGuard<'_, HashMap<DedupKey, Instant>> {
+        self.unsure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 #[async_trait]
 impl Claims for LocalClaims {
-    async fn claim(&self, claims: &[Claim]) -> Result<Vec<bool>, ClaimError> {
-        Ok(vec![true; claims.len()])
+    async fn claim(&self, claims: &[Claim]) -> Result<Vec<Taken>, ClaimError> {
+        let mut unsure = self.unsure();
+        Ok(claims
+            .iter()
+            .map(|c| match c {
+                Claim::Post(k) => match unsure.remove(k) {
+                    Some(at) if at.elapsed() < UNSURE_TTL => Taken::Unsure,
+                    _ => Taken::Yes,
+                },
+                Claim::Stream(_) => Taken::Yes,
+            })
+            .collect())
     }
 
     async fn release(&self, _claims: &[Claim]) {}
+
+    async fn mark_unsure(&self, posts: &[DedupKey]) {
+        let mut unsure = self.unsure();
+        unsure.retain(|_, at| at.elapsed() < UNSURE_TTL);
+        let now = Instant::now();
+        for k in posts {
+            unsure.insert(k.clone(), now);
+        }
+    }
 }
 
 /// Takes every free key of `KEYS` for `ARGV[1]` (this bridge's token) with a lease of
 /// `ARGV[2]` ms; a key held by a bridge whose heartbeat (`ARGV[3]` .. token) is gone is free.
-/// Returns 1 per key taken, 0 per key another live bridge holds.
+/// `ARGV[3 + i]` is key i's unsure mark (or empty), deleted when the key is taken.
+/// Returns per key 0 (another live bridge holds it), 1 (taken) or 2 (taken, was unsure).
 const CLAIM: &str = r#"
 local out = {}
 for i, k in ipairs(KEYS) do
@@ -72,6 +132,8 @@ for i, k in ipairs(KEYS) do
   if (not holder) or holder == ARGV[1] or redis.call('EXISTS', ARGV[3] .. holder) == 0 then
     redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
     out[i] = 1
+    local mark = ARGV[3 + i]
+    if mark ~= '' and redis.call('DEL', mark) == 1 then out[i] = 2 end
   else
     out[i] = 0
   end
@@ -143,17 +205,22 @@ impl RedisClaims {
 
     fn key(&self, claim: &Claim) -> String {
         match claim {
-            // The user id's length keeps (stream, user, id) unambiguous whatever they contain.
-            Claim::Post(k) => format!(
-                "{}:dd:{}:{}:{}:{}",
-                self.prefix,
-                k.stream,
-                k.user.as_str().len(),
-                k.user,
-                k.client_msg_id
-            ),
+            Claim::Post(k) => self.post_key("dd", k),
             Claim::Stream(s) => format!("{}:lock:{s}", self.prefix),
         }
+    }
+
+    /// `{prefix}:{kind}:{stream}:{len(user)}:{user}:{client_msg_id}`: the user id's length
+    /// keeps the parts unambiguous whatever they contain.
+    fn post_key(&self, kind: &str, k: &DedupKey) -> String {
+        format!(
+            "{}:{kind}:{}:{}:{}:{}",
+            self.prefix,
+            k.stream,
+            k.user.as_str().len(),
+            k.user,
+            k.client_msg_id
+        )
     }
 }
 
@@ -168,7 +235,7 @@ async fn beat(conn: &mut ConnectionManager, key: &str) -> Result<(), ClaimError>
 
 #[async_trait]
 impl Claims for RedisClaims {
-    async fn claim(&self, claims: &[Claim]) -> Result<Vec<bool>, ClaimError> {
+    async fn claim(&self, claims: &[Claim]) -> Result<Vec<Taken>, ClaimError> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
@@ -180,9 +247,22 @@ impl Claims for RedisClaims {
             .arg(&self.token)
             .arg(LEASE.as_millis() as u64)
             .arg(format!("{}:bridge:", self.prefix));
+        for c in claims {
+            invocation.arg(match c {
+                Claim::Post(k) => self.post_key("unsure", k),
+                Claim::Stream(_) => String::new(),
+            });
+        }
         let mut conn = self.conn.clone();
         let taken: Vec<u8> = timed(invocation.invoke_async(&mut conn)).await?;
-        Ok(taken.into_iter().map(|t| t == 1).collect())
+        Ok(taken
+            .into_iter()
+            .map(|t| match t {
+                0 => Taken::No,
+                2 => Taken::Unsure,
+                _ => Taken::Yes,
+            })
+            .collect())
     }
 
     async fn release(&self, claims: &[Claim]) {
@@ -197,6 +277,25 @@ impl Claims for RedisClaims {
         let mut conn = self.conn.clone();
         if let Err(e) = timed(invocation.invoke_async::<()>(&mut conn)).await {
             tracing::warn!(error = %e, count = claims.len(), "releasing claims failed");
+        }
+    }
+
+    async fn mark_unsure(&self, posts: &[DedupKey]) {
+        if posts.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for k in posts {
+            pipe.cmd("SET")
+                .arg(self.post_key("unsure", k))
+                .arg(1)
+                .arg("PX")
+                .arg(UNSURE_TTL.as_millis() as u64)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = timed(pipe.query_async::<()>(&mut conn)).await {
+            tracing::warn!(error = %e, count = posts.len(), "marking posts unsure failed");
         }
     }
 }

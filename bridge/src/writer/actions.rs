@@ -107,7 +107,7 @@ impl Writer {
         let deadline = tokio::time::Instant::now() + STREAM_CLAIM_WAIT;
         loop {
             match self.deps.claims.claim(std::slice::from_ref(&claim)).await {
-                Ok(taken) if taken.first() == Some(&true) => return Ok(claim),
+                Ok(taken) if taken.first().is_some_and(|t| t.held()) => return Ok(claim),
                 Ok(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

@@ -14,7 +14,7 @@ use wire::time::now_ms;
 use wire::{StreamId, UserId};
 
 use super::{unavailable, Reply, Writer};
-use crate::claims::Claim;
+use crate::claims::{Claim, Taken};
 use crate::validate::{parse_post, Post};
 
 /// When another bridge is processing the same post, its retry comes this much later.
@@ -28,6 +28,8 @@ struct Slot {
     outcome: Option<Outcome>,
     /// Same key as an earlier slot of this batch: gets that slot's answer.
     copy_of: Option<usize>,
+    /// Stored by an earlier attempt whose commit failed: this comment was never published.
+    recovered: Option<String>,
 }
 
 /// A post that passed every check.
@@ -57,6 +59,7 @@ impl Writer {
                 post: None,
                 outcome: None,
                 copy_of: None,
+                recovered: None,
             })
             .collect();
 
@@ -140,6 +143,13 @@ impl Writer {
             })));
         }
 
+        // Stored by an attempt whose commit failed: published now.
+        for slot in &slots {
+            if let Some(id) = &slot.recovered {
+                self.publish_recovered(&slot.submission, id).await;
+            }
+        }
+
         // Stored (or not): a retry may go anywhere now.
         self.deps.claims.release(&claimed).await;
 
@@ -194,8 +204,8 @@ impl Writer {
         let keys: Vec<DedupKey> = lookups.iter().map(|(_, k)| k.clone()).collect();
         match self.deps.store.find_dedup(&keys).await {
             Ok(hits) => {
-                for (((i, key), hit), mine) in lookups.into_iter().zip(hits).zip(&granted) {
-                    if hit.is_none() && !mine {
+                for (((i, key), hit), taken) in lookups.into_iter().zip(hits).zip(&granted) {
+                    if hit.is_none() && !taken.held() {
                         slots[i].outcome = Some(Err(Rejected::new(
                             Some(key.client_msg_id),
                             RejectCode::Unavailable,
@@ -203,6 +213,9 @@ impl Writer {
                         )
                         .retry_after(IN_PROGRESS_RETRY_MS)));
                         continue;
+                    }
+                    if let (Taken::Unsure, Some(DedupHit::Stored { id, .. })) = (taken, &hit) {
+                        slots[i].recovered = Some(id.clone());
                     }
                     slots[i].outcome = hit.map(|h| {
                         Ok(match h {
@@ -229,6 +242,14 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "de-duplication lookup failed");
+                // Still unknown whether they are stored: keep them marked.
+                let unsure: Vec<DedupKey> = lookups
+                    .iter()
+                    .zip(&granted)
+                    .filter(|(_, t)| **t == Taken::Unsure)
+                    .map(|((_, k), _)| k.clone())
+                    .collect();
+                self.deps.claims.mark_unsure(&unsure).await;
                 for (i, key) in lookups {
                     slots[i].outcome = Some(Err(unavailable(Some(key.client_msg_id))));
                 }
@@ -237,8 +258,43 @@ impl Writer {
         claims
             .into_iter()
             .zip(granted)
-            .filter_map(|(c, mine)| mine.then_some(c))
+            .filter_map(|(c, taken)| taken.held().then_some(c))
             .collect()
+    }
+
+    /// Publishes a comment an earlier attempt stored although its commit reported a failure
+    /// (so it was neither published nor handed to moderation). It arrives late, with its own
+    /// `seq`; nodes pass a late `seq` on at once.
+    async fn publish_recovered(&mut self, sub: &Submission, id: &str) {
+        let stored = match self.deps.store.find_comment(&sub.stream, id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, %id, "reading a recovered comment failed");
+                return;
+            }
+        };
+        tracing::info!(%id, seq = stored.comment.seq, "publishing a comment stored by a failed attempt");
+        metrics::counter!("livecomments_comments_recovered_total").increment(1);
+        let event = Event::Comment(stored.comment.clone());
+        match stored.visibility {
+            Visibility::Visible => {
+                let keep = stored.comment.reply_to.is_some();
+                self.publish(&sub.stream, &event, sub.received_at_ms, keep)
+                    .await;
+                if let Some(tx) = &self.deps.accepted {
+                    if tx.try_send(stored.comment.into()).is_err() {
+                        metrics::counter!("livecomments_moderation_dropped_total").increment(1);
+                    }
+                }
+            }
+            Visibility::Shadow => {
+                self.publish_privately(&sub.author.id, &sub.stream, &event)
+                    .await;
+            }
+            // Retracted meanwhile: nothing to show.
+            Visibility::Retracted { .. } => {}
+        }
     }
 
     /// Every ban of the batch's authors still to be decided, from one store read.
@@ -578,6 +634,16 @@ impl Writer {
             Ok(()) => (meta, failed, true),
             Err(e) => {
                 tracing::error!(error = %e, count, "storing comments failed");
+                // A timeout may have stored them all the same: their retries will tell.
+                let unsure: Vec<DedupKey> = meta
+                    .iter()
+                    .map(|(_, c, _)| DedupKey {
+                        stream: c.comment.stream.clone(),
+                        user: c.comment.user.id.clone(),
+                        client_msg_id: c.client_msg_id.clone(),
+                    })
+                    .collect();
+                self.deps.claims.mark_unsure(&unsure).await;
                 for (index, c, f) in meta {
                     self.forget_cursor(&c.comment.stream);
                     if f.slow_recorded {
