@@ -276,6 +276,29 @@ pub struct ConnectionsArgs {
     /// Only CONNECT (no SUBSCRIBE to the stream's comments).
     #[arg(long)]
     pub no_subscribe: bool,
+    /// The stream the viewers watch, created and started unless it exists (default: a new
+    /// one). Several generator processes of one cluster run share it.
+    #[arg(long, value_name = "ID")]
+    pub stream: Option<String>,
+    /// Number of the first connection: viewer `v{N}`, client id `bench-c{N}` (so several
+    /// generator processes use distinct users and client ids).
+    #[arg(long, default_value_t = 0)]
+    pub first_index: usize,
+    /// First source address: connections use 127.0.0.A ..= 127.0.0.(A+K-1) with K
+    /// `--source-addrs` (so several generator processes use distinct addresses and ephemeral
+    /// ports).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub first_source_addr: u8,
+    /// Written (`{"connected":N,"failed":M}`) once every connection attempt has ended.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Hold the connections until this file exists (at most `--hold-seconds`), so several
+    /// generator processes hold theirs at the same time.
+    #[arg(long, value_name = "FILE")]
+    pub release_file: Option<PathBuf>,
+    /// Write every successful connect time, in microseconds, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub latencies_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -672,18 +695,33 @@ async fn connections_command(a: ConnectionsArgs) -> anyhow::Result<ExitCode> {
         a.connections,
         a.connections + 40
     );
+    anyhow::ensure!(
+        a.first_source_addr as usize + a.source_addrs as usize - 1 <= 254,
+        "--first-source-addr {} with --source-addrs {} goes past 127.0.0.254",
+        a.first_source_addr,
+        a.source_addrs
+    );
     let sc = crate::connections::Scenario {
         connections: a.connections,
         connect_rate: a.connect_rate,
         concurrency: a.connect_concurrency,
         source_addrs: a.source_addrs,
+        first_source_addr: a.first_source_addr,
+        first_index: a.first_index,
         hold: Duration::from_secs_f64(a.hold_seconds.max(0.0)),
         subscribe: !a.no_subscribe,
         progress: !a.sut.no_progress,
+        ready_file: a.ready_file.clone(),
+        release_file: a.release_file.clone(),
+        latencies_file: a.latencies_file.clone(),
+    };
+    let start = StartOptions {
+        stream: a.stream.clone(),
+        ..StartOptions::default()
     };
     let mut runs = Vec::new();
     for &kind in a.sut.kinds() {
-        let target = start_target(kind, &a.sut, &StartOptions::default()).await?;
+        let target = start_target(kind, &a.sut, &start).await?;
         let r = crate::connections::run(&target, &sc).await;
         target.stop().await;
         let r = r.with_context(|| format!("running the connections scenario against {kind}"))?;

@@ -4,8 +4,9 @@
 //! server's resident memory per connection (RSS growth from before the first connection to
 //! after the last, divided by the connections).
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,13 +32,24 @@ pub struct Scenario {
     pub connect_rate: f64,
     /// Connection attempts in flight at once.
     pub concurrency: usize,
-    /// Connections are spread over 127.0.0.1 ..= 127.0.0.K.
+    /// Connections are spread over K = `source_addrs` source addresses 127.0.0.A ..=
+    /// 127.0.0.(A+K-1), A = `first_source_addr` (1 unless several generators run at once).
     pub source_addrs: u8,
+    pub first_source_addr: u8,
+    /// Connection i is viewer `v{first_index + i}` with client id `bench-c{first_index + i}`.
+    pub first_index: usize,
     /// How long every connection is held once all are open (RSS is read at the end).
     pub hold: Duration,
     /// Subscribe to the stream's comments after CONNECT (a viewer), or only connect.
     pub subscribe: bool,
     pub progress: bool,
+    /// Written once every connection attempt has ended (for a script running several
+    /// generators).
+    pub ready_file: Option<PathBuf>,
+    /// Hold until this file exists (at most `hold`).
+    pub release_file: Option<PathBuf>,
+    /// Every successful connect time in microseconds, one per line.
+    pub latencies_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,8 +76,13 @@ pub struct ConnectionsResult {
     pub usage: RunUsage,
 }
 
-fn source_ip(i: usize, k: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % k.max(1) as usize) as u8))
+fn source_ip(i: usize, first: u8, k: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        first.max(1) + (i % k.max(1) as usize) as u8,
+    ))
 }
 
 /// The server's RSS once it stopped moving (the allocator settles after a burst).
@@ -94,6 +111,11 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<ConnectionsRe
     let open = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(duration_histogram()));
+    // Every connect time, only when asked to write them.
+    let connect_us = sc
+        .latencies_file
+        .is_some()
+        .then(|| Arc::new(Mutex::new(Vec::<u32>::new())));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let bar = crate::fanout::bar(
@@ -111,15 +133,17 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<ConnectionsRe
     for i in 0..sc.connections {
         tokio::time::sleep_until(began + interval.mul_f64(i as f64)).await;
         let permit = gate.clone().acquire_owned().await?;
-        let user = format!("v{i}");
+        let n = sc.first_index + i;
+        let user = format!("v{n}");
         let password = target.password(&user, Role::Viewer)?;
         let endpoint = target.tcp.clone();
         let topic = sc.subscribe.then(|| target.subscribe_topic.clone());
-        let source = source_ip(i, sc.source_addrs);
-        let (opened_now, dropped, hist, errors, done, stop) = (
+        let source = source_ip(i, sc.first_source_addr, sc.source_addrs);
+        let (opened_now, dropped, hist, connect_us, errors, done, stop) = (
             open.clone(),
             dropped.clone(),
             hist.clone(),
+            connect_us.clone(),
             errors.clone(),
             done_tx.clone(),
             stop.clone(),
@@ -132,7 +156,7 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<ConnectionsRe
                 mqtt::handshake(
                     &mut r,
                     &mut w,
-                    &format!("bench-c{i}"),
+                    &format!("bench-c{n}"),
                     login,
                     // Idle for the whole run: no PINGREQ needed.
                     Duration::from_secs(3600),
@@ -157,7 +181,14 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<ConnectionsRe
                     return;
                 }
             };
-            record_duration(&hist, t.elapsed());
+            let took = t.elapsed();
+            record_duration(&hist, took);
+            if let Some(times) = &connect_us {
+                times
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(took.as_micros().min(u32::MAX as u128) as u32);
+            }
             opened_now.fetch_add(1, Ordering::Relaxed);
             let _ = done.send(true);
             drop(done);
@@ -209,8 +240,15 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<ConnectionsRe
         connect_elapsed.as_secs_f64(),
         sc.hold
     );
+    if let Some(path) = &sc.ready_file {
+        let ready = serde_json::json!({"connected": connected, "failed": failed});
+        std::fs::write(path, ready.to_string())?;
+    }
     let hold_end = Instant::now() + sc.hold;
     while Instant::now() < hold_end {
+        if sc.release_file.as_ref().is_some_and(|f| f.exists()) {
+            break;
+        }
         let rss = pid.as_deref().and_then(rss_mb).unwrap_or(0.0);
         timeline.push((
             began.elapsed().as_secs_f64(),
@@ -228,6 +266,14 @@ pub async fn run(target: &Target, sc: &Scenario) -> anyhow::Result<ConnectionsRe
     }
     let samples = sampler.stop();
     let connect_ms = LatencySummary::of(&hist.lock().unwrap_or_else(|e| e.into_inner()));
+    if let (Some(path), Some(times)) = (&sc.latencies_file, &connect_us) {
+        let all = std::mem::take(&mut *times.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for us in all {
+            writeln!(f, "{us}")?;
+        }
+        f.flush()?;
+    }
     let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(ConnectionsResult {
         target: target.kind,
