@@ -24,6 +24,11 @@ use crate::config::{AppConfig, BusBackend, ClusterRole, StoreBackend};
 use crate::keys::load_or_create_secret;
 use crate::telemetry;
 
+/// Moderation workers of a cluster take over a silent worker's comments after this long at
+/// least (`bus.redis.claim_idle_ms` if longer): it must exceed the time to score a batch, or a
+/// slow worker's comments would be scored twice.
+const MODERATION_CLAIM_IDLE: Duration = Duration::from_secs(30);
+
 /// Where a running system listens; also written to `data_dir/endpoints.json`. A process of a
 /// cluster has only the endpoints of its roles.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -207,8 +212,9 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 client.clone(),
                 config.bus.redis.prefix.clone(),
                 node_id.clone(),
-                4096,
-                Duration::from_millis(config.bus.redis.claim_idle_ms),
+                config.moderation.model.batch_size,
+                // A batch is scored in well under this; a dead worker's entries wait as long.
+                Duration::from_millis(config.bus.redis.claim_idle_ms).max(MODERATION_CLAIM_IDLE),
                 stop.clone(),
             ),
             (false, None) => {

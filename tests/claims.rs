@@ -223,13 +223,13 @@ async fn a_moderation_step_waits_for_the_stream_claim() {
     );
     let started = Instant::now();
     let release = async {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         other.release(std::slice::from_ref(&s1)).await;
     };
     let (r, ()) = tokio::join!(retract(&ids[0]), release);
     assert_eq!(r.unwrap().status(), 200);
     assert!(
-        started.elapsed() >= Duration::from_millis(550),
+        started.elapsed() >= Duration::from_millis(280),
         "{:?}",
         started.elapsed()
     );

@@ -215,7 +215,7 @@ async fn post_many(
         let cmid = a["client_msg_id"].as_str().unwrap_or_default().to_string();
         if a["type"] == "ack" {
             acked.insert(cmid, a["seq"].as_u64().unwrap());
-        } else if a["type"] == "reject" && a["code"] == "unavailable" {
+        } else if a["type"] == "reject" && a["code"] == "unavailable" && !cmid.is_empty() {
             // What a client does: the same post again after retry_after_ms (a post the killed
             // bridge had claimed is answered "retry" until its claim passes on).
             let after = a["retry_after_ms"].as_u64().unwrap_or(500);

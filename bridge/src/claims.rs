@@ -32,8 +32,12 @@ use wire::StreamId;
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// How often a bridge beats.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// Longest a claim holds without being released (a backstop: release is the normal end).
-const LEASE: Duration = Duration::from_secs(60);
+/// Longest a post's claim holds without being released (a backstop: release is the normal
+/// end; a commit may take several storage round trips).
+const POST_LEASE: Duration = Duration::from_secs(60);
+/// Longest a stream's claim holds without being released: other bridges' moderation steps on
+/// the stream wait for it, so a claim whose release was lost must not block them for long.
+const STREAM_LEASE: Duration = Duration::from_secs(10);
 /// How long a post's "may be stored" mark waits for its retry.
 const UNSURE_TTL: Duration = Duration::from_secs(3600);
 
@@ -121,18 +125,19 @@ impl Claims for LocalClaims {
     }
 }
 
-/// Takes every free key of `KEYS` for `ARGV[1]` (this bridge's token) with a lease of
-/// `ARGV[2]` ms; a key held by a bridge whose heartbeat (`ARGV[3]` .. token) is gone is free.
-/// `ARGV[3 + i]` is key i's unsure mark (or empty), deleted when the key is taken.
-/// Returns per key 0 (another live bridge holds it), 1 (taken) or 2 (taken, was unsure).
+/// Takes every free key of `KEYS` for `ARGV[1]` (this bridge's token); a key held by a bridge
+/// whose heartbeat (`ARGV[2]` .. token) is gone is free. Key i's lease (ms) is
+/// `ARGV[1 + 2i]` and its unsure mark (or empty) `ARGV[2 + 2i]`, deleted when the key is
+/// taken. Returns per key 0 (another live bridge holds it), 1 (taken) or 2 (taken, was
+/// unsure).
 const CLAIM: &str = r#"
 local out = {}
 for i, k in ipairs(KEYS) do
   local holder = redis.call('GET', k)
-  if (not holder) or holder == ARGV[1] or redis.call('EXISTS', ARGV[3] .. holder) == 0 then
-    redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+  if (not holder) or holder == ARGV[1] or redis.call('EXISTS', ARGV[2] .. holder) == 0 then
+    redis.call('SET', k, ARGV[1], 'PX', ARGV[1 + 2 * i])
     out[i] = 1
-    local mark = ARGV[3 + i]
+    local mark = ARGV[2 + 2 * i]
     if mark ~= '' and redis.call('DEL', mark) == 1 then out[i] = 2 end
   else
     out[i] = 0
@@ -245,13 +250,14 @@ impl Claims for RedisClaims {
         }
         invocation
             .arg(&self.token)
-            .arg(LEASE.as_millis() as u64)
             .arg(format!("{}:bridge:", self.prefix));
         for c in claims {
-            invocation.arg(match c {
-                Claim::Post(k) => self.post_key("unsure", k),
-                Claim::Stream(_) => String::new(),
-            });
+            match c {
+                Claim::Post(k) => invocation
+                    .arg(POST_LEASE.as_millis() as u64)
+                    .arg(self.post_key("unsure", k)),
+                Claim::Stream(_) => invocation.arg(STREAM_LEASE.as_millis() as u64).arg(""),
+            };
         }
         let mut conn = self.conn.clone();
         let taken: Vec<u8> = timed(invocation.invoke_async(&mut conn)).await?;

@@ -258,7 +258,8 @@ impl Flusher {
                 continue;
             }
             if let Err(e) = shared.windows.add(&stream, window, &pairs).await {
-                // The totals have them; only this window's live counts miss them.
+                // The store's totals have them; the shared copy misses them until its next
+                // seed (at most 10 minutes), and this window's live counts miss them.
                 tracing::warn!(error = %e, %stream, "sharing a reaction window failed");
             }
         }

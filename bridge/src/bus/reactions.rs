@@ -17,18 +17,19 @@ use super::redis::timed;
 
 /// A window's counts are read within a few windows of closing; keep them a little longer.
 const WINDOW_TTL_MS: u64 = 60_000;
-/// Totals of a stream nobody reacted to for a week are dropped (seeded again if needed).
-const TOTALS_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+/// The shared totals are seeded from the store again this often (their expiry, set when
+/// seeded and not renewed by additions): whatever a seed raced with, or a failed addition
+/// missed, is corrected within this time.
+const TOTALS_TTL_MS: u64 = 10 * 60 * 1000;
 
-/// `KEYS` = window, totals; `ARGV` = window ttl, totals ttl, then emoji, count pairs. The
-/// totals are incremented only when seeded: a missing hash is seeded from the store later,
-/// and the store already has these counts.
+/// `KEYS` = window, totals; `ARGV` = window ttl, then emoji, count pairs. The totals are
+/// incremented only when seeded: a missing hash is seeded from the store later, and the store
+/// already has these counts.
 const ADD: &str = r#"
-for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
 end
 return 0
 "#;
@@ -83,8 +84,7 @@ impl SharedReactions for RedisReactions {
         invocation
             .key(self.key(stream, window))
             .key(self.totals_key(stream))
-            .arg(WINDOW_TTL_MS)
-            .arg(TOTALS_TTL_MS);
+            .arg(WINDOW_TTL_MS);
         for (emoji, n) in counts {
             invocation.arg(emoji).arg(*n);
         }

@@ -212,6 +212,7 @@ impl Bus for RedisBus {
             start: "0",
             consumer: self.consumer.clone(),
             claim_idle: Duration::from_millis(self.config.claim_idle_ms),
+            count: READ_COUNT,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(reader.run(decode_request, tx));
@@ -480,6 +481,8 @@ struct GroupReader {
     start: &'static str,
     consumer: String,
     claim_idle: Duration,
+    /// Entries per read.
+    count: usize,
     shutdown: CancellationToken,
 }
 
@@ -536,7 +539,7 @@ impl GroupReader {
                             .arg(self.claim_idle.as_millis() as u64)
                             .arg("0-0")
                             .arg("COUNT")
-                            .arg(READ_COUNT)
+                            .arg(self.count)
                             .query_async(&mut conn)
                             .await;
                     match claimed {
@@ -565,7 +568,7 @@ impl GroupReader {
                             .arg(self.group)
                             .arg(&self.consumer)
                             .arg("COUNT")
-                            .arg(READ_COUNT)
+                            .arg(self.count)
                             .arg("BLOCK")
                             .arg(500)
                             .arg("STREAMS")
@@ -701,16 +704,21 @@ pub async fn forward_accepted(
 
 /// The comments moderation workers share: each is read by one worker of the group and
 /// acknowledged once that worker scored it and acted on it; what a worker read but did not
-/// finish (it died) is claimed by another after `claim_idle`.
+/// finish (it died, or its action failed) is claimed by another after `claim_idle`.
+///
+/// A worker reads about one batch ahead (`batch_size` entries, and a queue as long), so an
+/// entry waits locally for about one batch's scoring: far less than `claim_idle`, after which
+/// another worker would take it as abandoned and score it again. `claim_idle` should be well
+/// above the time to score a batch (at least 30 s here).
 pub fn accepted_feed(
     client: redis::Client,
     prefix: String,
     consumer: String,
-    capacity: usize,
+    batch_size: usize,
     claim_idle: Duration,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<moderation::Queued> {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = mpsc::channel(batch_size.max(1));
     let key = accepted_key(&prefix);
     let (acks_tx, acks) = mpsc::unbounded_channel::<String>();
     tokio::spawn(acknowledge(client.clone(), key.clone(), acks));
@@ -721,6 +729,7 @@ pub fn accepted_feed(
         start: "$",
         consumer,
         claim_idle,
+        count: batch_size.max(1),
         shutdown,
     };
     let decode = move |entry: redis::streams::StreamId| {

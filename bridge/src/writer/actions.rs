@@ -27,8 +27,10 @@ use wire::{StreamId, UserId};
 use super::Writer;
 use crate::claims::Claim;
 
-/// Longest an action waits for another bridge to finish with its stream.
-const STREAM_CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// Longest an action waits for another bridge to finish with its stream. The writer waits
+/// with it (everything queued behind the action waits too), so this stays short; other
+/// bridges hold a stream's claim for one moderation step, milliseconds.
+const STREAM_CLAIM_WAIT: Duration = Duration::from_millis(500);
 
 fn store_err(e: StoreError) -> ActionError {
     tracing::error!(error = %e, "storage failed during a moderation action");
@@ -118,6 +120,8 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, %stream, "claiming a stream failed");
+                    // The claim may have been taken all the same (a timeout): give it back.
+                    self.deps.claims.release(&[claim]).await;
                     return Err(ActionError::Unavailable(e.to_string()));
                 }
             }

@@ -145,8 +145,13 @@ impl Writer {
 
         // Stored by an attempt whose commit failed: published now.
         for slot in &slots {
-            if let Some(id) = &slot.recovered {
-                self.publish_recovered(&slot.submission, id).await;
+            if let (Some(id), Some(post)) = (&slot.recovered, &slot.post) {
+                let key = DedupKey {
+                    stream: slot.submission.stream.clone(),
+                    user: slot.submission.author.id.clone(),
+                    client_msg_id: post.client_msg_id.clone(),
+                };
+                self.publish_recovered(&slot.submission, key, id).await;
             }
         }
 
@@ -195,6 +200,8 @@ impl Writer {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "claiming posts failed");
+                // They may have been taken all the same (a timeout): give them back.
+                self.deps.claims.release(&claims).await;
                 for (i, key) in lookups {
                     slots[i].outcome = Some(Err(unavailable(Some(key.client_msg_id))));
                 }
@@ -265,12 +272,14 @@ impl Writer {
     /// Publishes a comment an earlier attempt stored although its commit reported a failure
     /// (so it was neither published nor handed to moderation). It arrives late, with its own
     /// `seq`; nodes pass a late `seq` on at once.
-    async fn publish_recovered(&mut self, sub: &Submission, id: &str) {
+    async fn publish_recovered(&mut self, sub: &Submission, key: DedupKey, id: &str) {
         let stored = match self.deps.store.find_comment(&sub.stream, id).await {
             Ok(Some(c)) => c,
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, %id, "reading a recovered comment failed");
+                // The next retry tries again.
+                self.deps.claims.mark_unsure(&[key]).await;
                 return;
             }
         };
