@@ -546,13 +546,17 @@ impl Inner {
 
     // ---- reads of comments ----
 
-    /// Event rows by seq, grouped per seq bucket: a range read where the seqs are dense (a
-    /// replay page), `IN` lists where they are scattered (a thread).
-    async fn load_events(
+    /// Rows of a table keyed by (stream, seq bucket, seq) for `seqs`, grouped per seq bucket:
+    /// one range read (`range`) where the seqs are dense — spanning fewer than `slack(n)` seqs
+    /// for `n` wanted — and `IN` lists (`list`) where they are scattered.
+    async fn rows_by_seq<R: for<'f> DeserializeRow<'f, 'f> + Send>(
         &self,
         stream: &StreamId,
         seqs: &[u64],
-    ) -> Result<HashMap<u64, EventRow>, CassError> {
+        range: &PreparedStatement,
+        list: &PreparedStatement,
+        slack: fn(u64) -> u64,
+    ) -> Result<Vec<R>, CassError> {
         let mut groups: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for &seq in seqs {
             groups.entry(self.seq_bucket(seq)).or_default().push(seq);
@@ -562,7 +566,7 @@ impl Inner {
             seqs.sort_unstable();
             seqs.dedup();
             let (lo, hi) = (seqs[0], seqs[seqs.len() - 1]);
-            let dense = hi - lo < 2 * seqs.len() as u64 + 16;
+            let dense = hi - lo < slack(seqs.len() as u64);
             let parts: Vec<Vec<u64>> = if dense {
                 vec![seqs]
             } else {
@@ -572,22 +576,29 @@ impl Inner {
                 let sb = bound(sb);
                 if dense {
                     let (lo, hi) = (bound(part[0]), bound(part[part.len() - 1]));
-                    self.pages(&self.st.events_range, (s, sb, lo, hi))
-                        .all::<EventRow>()
-                        .await
+                    self.pages(range, (s, sb, lo, hi)).all::<R>().await
                 } else {
-                    let list: Vec<i64> = part.iter().map(|&v| bound(v)).collect();
-                    self.pages(&self.st.events_in, (s, sb, list))
-                        .all::<EventRow>()
-                        .await
+                    let values: Vec<i64> = part.iter().map(|&v| bound(v)).collect();
+                    self.pages(list, (s, sb, values)).all::<R>().await
                 }
             })
         });
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    /// Event rows by seq: a range read for a replay page, `IN` lists for a thread.
+    async fn load_events(
+        &self,
+        stream: &StreamId,
+        seqs: &[u64],
+    ) -> Result<HashMap<u64, EventRow>, CassError> {
+        let (range, list) = (&self.st.events_range, &self.st.events_in);
+        let rows: Vec<EventRow> = self
+            .rows_by_seq(stream, seqs, range, list, |n| 2 * n + 16)
+            .await?;
         let mut out = HashMap::new();
-        for rows in try_join_all(reads).await? {
-            for row in rows {
-                out.insert(uint(row.0)?, row);
-            }
+        for row in rows {
+            out.insert(uint(row.0)?, row);
         }
         Ok(out)
     }
@@ -625,43 +636,15 @@ impl Inner {
         seqs: &[u64],
     ) -> Result<HashMap<u64, (u64, u64)>, CassError> {
         type Row = (i64, Option<Counter>, Option<Counter>);
-        let mut groups: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for &seq in seqs {
-            groups.entry(self.seq_bucket(seq)).or_default().push(seq);
-        }
-        let s = stream.as_str();
-        let reads = groups.into_iter().flat_map(|(sb, mut seqs)| {
-            seqs.sort_unstable();
-            seqs.dedup();
-            let (lo, hi) = (seqs[0], seqs[seqs.len() - 1]);
-            // Counter rows are sparse (most comments have neither likes nor replies): a range
-            // returns only those that exist.
-            let dense = hi - lo < 8 * seqs.len() as u64 + 64;
-            let parts: Vec<Vec<u64>> = if dense {
-                vec![seqs]
-            } else {
-                seqs.chunks(MAX_IN).map(<[u64]>::to_vec).collect()
-            };
-            parts.into_iter().map(move |part| async move {
-                let sb = bound(sb);
-                if dense {
-                    let (lo, hi) = (bound(part[0]), bound(part[part.len() - 1]));
-                    self.pages(&self.st.counts_range, (s, sb, lo, hi))
-                        .all::<Row>()
-                        .await
-                } else {
-                    let list: Vec<i64> = part.iter().map(|&v| bound(v)).collect();
-                    self.pages(&self.st.counts_in, (s, sb, list))
-                        .all::<Row>()
-                        .await
-                }
-            })
-        });
+        let (range, list) = (&self.st.counts_range, &self.st.counts_in);
+        // Counter rows are sparse (most comments have neither likes nor replies): a range
+        // returns only those that exist, so it is worth reading over wider gaps.
+        let rows: Vec<Row> = self
+            .rows_by_seq(stream, seqs, range, list, |n| 8 * n + 64)
+            .await?;
         let mut out = HashMap::new();
-        for rows in try_join_all(reads).await? {
-            for (seq, likes, replies) in rows {
-                out.insert(uint(seq)?, (count(likes), count(replies)));
-            }
+        for (seq, likes, replies) in rows {
+            out.insert(uint(seq)?, (count(likes), count(replies)));
         }
         Ok(out)
     }
