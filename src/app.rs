@@ -132,54 +132,45 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
                 config.bridge.rate_limit_count,
                 Duration::from_secs(config.bridge.rate_limit_window_s),
             );
-            // Shared by the bridges of a cluster; in memory for one.
-            let (sequencer, limits, claims): (
-                Arc<dyn bridge::sequence::Sequencer>,
-                Arc<dyn bridge::limits::Limits>,
-                Arc<dyn bridge::claims::Claims>,
-            ) = match &redis_client {
-                None => (
-                    Arc::new(bridge::sequence::MemorySequencer::default()),
-                    Arc::new(bridge::limits::LocalLimits::new(count, window)),
-                    Arc::new(bridge::claims::LocalClaims::default()),
-                ),
-                Some(client) => {
-                    let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
-                    let prefix = config.bus.redis.prefix.clone();
-                    let claims = bridge::claims::RedisClaims::start(
+            // Numbering, limits, claims and like sets: in memory (or the store) for one
+            // bridge, shared in Redis by the bridges of a cluster.
+            let mut deps = BridgeDeps {
+                store: store.clone(),
+                bus: bus.clone(),
+                streams: streams.clone(),
+                moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
+                accepted: Some(accepted_tx),
+                sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
+                limits: Arc::new(bridge::limits::LocalLimits::new(count, window)),
+                claims: Arc::new(bridge::claims::LocalClaims::default()),
+                likes: Arc::new(bridge::likes::StoreLikes),
+            };
+            if let Some(client) = &redis_client {
+                let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+                let prefix = config.bus.redis.prefix.clone();
+                deps.claims = Arc::new(
+                    bridge::claims::RedisClaims::start(
                         conn.clone(),
                         prefix.clone(),
                         &node_id,
                         bus_stop.clone(),
                     )
-                    .await?;
-                    (
-                        Arc::new(bridge::sequence::RedisSequencer::new(
-                            conn.clone(),
-                            prefix.clone(),
-                        )),
-                        Arc::new(bridge::limits::RedisLimits::new(
-                            conn, prefix, count, window,
-                        )),
-                        Arc::new(claims),
-                    )
-                }
-            };
+                    .await?,
+                );
+                deps.sequencer = Arc::new(bridge::sequence::RedisSequencer::new(
+                    conn.clone(),
+                    prefix.clone(),
+                ));
+                deps.limits = Arc::new(bridge::limits::RedisLimits::new(
+                    conn.clone(),
+                    prefix.clone(),
+                    count,
+                    window,
+                ));
+                deps.likes = Arc::new(bridge::likes::RedisLikes::new(conn, prefix));
+            }
             let stop = BridgeShutdown::default();
-            let (bridge, tasks) = Bridge::start(
-                config.bridge.clone(),
-                BridgeDeps {
-                    store: store.clone(),
-                    bus: bus.clone(),
-                    streams: streams.clone(),
-                    moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
-                    accepted: Some(accepted_tx),
-                    sequencer,
-                    limits,
-                    claims,
-                },
-                stop.clone(),
-            )?;
+            let (bridge, tasks) = Bridge::start(config.bridge.clone(), deps, stop.clone())?;
             let forward = match (&redis_client, roles.runs(ClusterRole::Moderation)) {
                 (Some(client), false) => Some(tokio::spawn(bridge::bus::redis::forward_accepted(
                     client.clone(),

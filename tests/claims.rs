@@ -403,6 +403,12 @@ mod failed_commit {
         async fn set_likes(&self, c: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
             self.inner.set_likes(c).await
         }
+        async fn write_likes(&self, c: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
+            self.inner.write_likes(c).await
+        }
+        async fn likers(&self, s: &StreamId, c: &str) -> Result<Option<Vec<UserId>>, StoreError> {
+            self.inner.likers(s, c).await
+        }
         async fn engagement(
             &self,
             s: &StreamId,
@@ -554,6 +560,7 @@ mod failed_commit {
                 sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
                 limits: Arc::new(bridge::limits::LocalLimits::new(0, Duration::from_secs(1))),
                 claims: Arc::new(LocalClaims::default()),
+                likes: Arc::new(bridge::likes::StoreLikes),
             },
             shutdown.clone(),
         )

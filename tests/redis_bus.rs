@@ -573,3 +573,66 @@ async fn comments_a_dead_moderation_worker_had_read_go_to_another() {
     );
     stop_b.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn likes_count_once_per_user_in_redis_like_sets() {
+    let redis = RedisServer::start();
+    let sys = system_on(&redis).await;
+    sys.live_stream("s1").await;
+    let r = sys
+        .http
+        .post(sys.url("/v1/streams/s1/comments"))
+        .bearer_auth(sys.token("ann", Role::Viewer))
+        .json(&json!({"text": "like me", "client_msg_id": "l1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut viewer = Client::must(sys.tcp("v", &sys.token("vic", Role::Viewer))).await;
+    viewer.subscribe("streams/s1/reactions").await;
+    let a = Client::must(sys.tcp("a", &sys.token("a", Role::Viewer))).await;
+    let b = Client::must(sys.tcp("b", &sys.token("b", Role::Viewer))).await;
+    for c in [&a, &a, &b] {
+        c.client
+            .publish(
+                "streams/s1/react",
+                rumqttc::QoS::AtMostOnce,
+                false,
+                json!({"emoji": "👍", "comment_id": id}).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut last = None;
+    while let Some(f) = viewer.next_on("streams/s1/reactions", WAIT).await {
+        if let Some(n) = f["likes"][&id].as_u64() {
+            last = Some(n);
+        }
+        if last == Some(2) {
+            break;
+        }
+    }
+    assert_eq!(last, Some(2), "a second like by the same user is ignored");
+    // The set the bridge decided with is in Redis (users and the marker).
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("lc:likes:s1:{id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    members.sort();
+    assert_eq!(members, ["", "a", "b"]);
+    let (_, replay) = sys
+        .get_json("/v1/streams/s1/comments?start_time=0&duration=3600")
+        .await;
+    assert_eq!(replay["comments"][0]["likes"], 2, "and the store has them");
+    sys.stop().await;
+}

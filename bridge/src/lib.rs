@@ -25,6 +25,7 @@
 
 pub mod bus;
 pub mod claims;
+pub mod likes;
 pub mod limits;
 pub mod ratelimit;
 pub mod remote;
@@ -106,6 +107,9 @@ pub struct BridgeDeps {
     /// Which bridge processes a post or a stream's moderation step (all of them for one
     /// bridge; claimed in Redis by a cluster's bridges).
     pub claims: Arc<dyn claims::Claims>,
+    /// Who likes which comment (decided by the store for one bridge; Redis sets for a
+    /// cluster's bridges).
+    pub likes: Arc<dyn likes::LikeSets>,
 }
 
 pub(crate) enum Job {

@@ -93,6 +93,7 @@ macro_rules! suite {
             shadow_comments_stay_out_of_the_log_and_batches_are_atomic,
             held_posts_answer_retries,
             likes_and_replies,
+            likes_written_as_decided,
             reactions_add_up,
             replay_across_time_buckets,
             catch_up_across_seq_buckets,

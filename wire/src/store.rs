@@ -172,6 +172,18 @@ pub trait Store: Send + Sync + 'static {
     /// like change nothing, nor do likes of unknown or removed comments. Returns, per change, the
     /// comment's new like count when it changed.
     async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError>;
+    /// Stores likes and unlikes that a caller keeping the like sets elsewhere (a cluster's
+    /// Redis) has already found to change something, without checking membership again:
+    /// adds or removes the like and moves the comment's count. Returns, per change, whether
+    /// its comment exists and is visible (changes of other comments are not stored).
+    async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError>;
+    /// Who likes a comment, to seed a like set kept elsewhere; `None` when the stream has no
+    /// visible comment with that id.
+    async fn likers(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<Option<Vec<UserId>>, StoreError>;
     /// Likes and direct replies of each comment, in order.
     async fn engagement(
         &self,

@@ -193,6 +193,16 @@ mod tests {
         async fn set_likes(&self, _: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
             unimplemented!()
         }
+        async fn write_likes(&self, _: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
+            unimplemented!()
+        }
+        async fn likers(
+            &self,
+            _: &StreamId,
+            _: &str,
+        ) -> Result<Option<Vec<crate::UserId>>, StoreError> {
+            unimplemented!()
+        }
         async fn engagement(
             &self,
             _: &StreamId,

@@ -19,7 +19,8 @@
 //! - `dedup`            (stream, user, client_msg_id) → comment id and seq, or held item
 //! - `replies`          ((stream, parent_id), seq) — threads
 //! - `comment_counts`   ((stream, seq_bucket), seq) → likes, replies (counters)
-//! - `likes`            ((stream, comment_id), user) — once per user (lightweight transaction)
+//! - `likes`            ((stream, comment_id), user) — once per user (a lightweight transaction,
+//!   or plain writes when a cluster's like sets in Redis decide)
 //! - `shadow_comments`  (stream, id) → body of a shadow-banned author's comment
 //! - `reporters`, `reactions` (counters), `bans`, `strikes`
 //! - `queue_items` id → item; `queue_index` ((scope, status, day), id DESC) → item, with
@@ -749,6 +750,20 @@ impl Inner {
         }
         self.with_counts(stream, out.iter_mut()).await?;
         Ok(out)
+    }
+
+    /// The seq of a visible comment: likes on a removed comment would keep it ranked and leak
+    /// its id.
+    async fn visible_seq(&self, stream: &StreamId, id: &str) -> Result<Option<u64>, CassError> {
+        let Some(seq) = self.seq_of(stream, id).await? else {
+            return Ok(None);
+        };
+        let visible = self
+            .load_comments(stream, &[seq])
+            .await?
+            .get(&seq)
+            .is_some_and(|c| c.visibility == Visibility::Visible);
+        Ok(visible.then_some(seq))
     }
 
     async fn seq_of(&self, stream: &StreamId, id: &str) -> Result<Option<u64>, CassError> {
@@ -1609,18 +1624,9 @@ impl Store for CassandraStore {
             .into_iter()
             .map(|(stream, cid, idxs)| async move {
                 let mut out: Vec<(usize, Option<u64>)> = Vec::new();
-                let Some(seq) = me.seq_of(stream, cid).await? else {
+                let Some(seq) = me.visible_seq(stream, cid).await? else {
                     return Ok::<_, CassError>(out);
                 };
-                // Likes on a removed comment would keep it ranked and leak its id.
-                let visible = me
-                    .load_comments(stream, &[seq])
-                    .await?
-                    .get(&seq)
-                    .is_some_and(|c| c.visibility == Visibility::Visible);
-                if !visible {
-                    return Ok(out);
-                }
                 let s = stream.as_str();
                 let mut delta = 0_i64;
                 let mut done: Vec<(usize, i64)> = Vec::new();
@@ -1662,6 +1668,90 @@ impl Store for CassandraStore {
             out[i] = n;
         }
         Ok(out)
+    }
+
+    /// Plain writes: whoever decided (a cluster's like sets in Redis) made "once per user"
+    /// hold, so the lightweight transactions of [`Store::set_likes`] are not needed. Per
+    /// comment, only each user's last change reaches the rows (so they can go concurrently);
+    /// the counter moves by the changes' net sum.
+    async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
+        let me = &self.inner;
+        let mut groups: Vec<(&StreamId, &str, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<(&StreamId, &str), usize> = HashMap::new();
+        for (i, ch) in changes.iter().enumerate() {
+            let key = (&ch.stream, ch.comment_id.as_str());
+            let g = *index.entry(key).or_insert_with(|| {
+                groups.push((key.0, key.1, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].2.push(i);
+        }
+        let work: Vec<_> = groups
+            .into_iter()
+            .map(|(stream, cid, idxs)| async move {
+                let Some(seq) = me.visible_seq(stream, cid).await? else {
+                    return Ok::<_, CassError>(Vec::new());
+                };
+                let s = stream.as_str();
+                let mut last: HashMap<&str, bool> = HashMap::new();
+                let mut delta = 0_i64;
+                for &i in &idxs {
+                    let ch = &changes[i];
+                    last.insert(ch.user.as_str(), ch.like);
+                    delta += if ch.like { 1 } else { -1 };
+                }
+                let rows: Vec<_> = last
+                    .into_iter()
+                    .map(|(user, like)| {
+                        let st = if like {
+                            &me.st.put_like
+                        } else {
+                            &me.st.delete_like
+                        };
+                        me.exec(st, (s, cid, user))
+                    })
+                    .collect();
+                futures_util::stream::iter(rows)
+                    .buffer_unordered(FAN_OUT)
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                if delta != 0 {
+                    let sb = int(me.seq_bucket(seq))?;
+                    me.exec(&me.st.add_likes, (Counter(delta), s, sb, int(seq)?))
+                        .await?;
+                }
+                Ok(idxs)
+            })
+            .collect();
+        let stored: Vec<Vec<usize>> = futures_util::stream::iter(work)
+            .buffer_unordered(FAN_OUT)
+            .try_collect()
+            .await?;
+        let mut out = vec![false; changes.len()];
+        for i in stored.into_iter().flatten() {
+            out[i] = true;
+        }
+        Ok(out)
+    }
+
+    async fn likers(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<Option<Vec<UserId>>, StoreError> {
+        let me = &self.inner;
+        if me.visible_seq(stream, comment_id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows = me
+            .pages(&me.st.likers, (stream.as_str(), comment_id))
+            .all::<(String,)>()
+            .await?;
+        let users = rows
+            .into_iter()
+            .map(|(u,)| UserId::new(&u).map_err(|e| CassError::Decode(format!("liker {u:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(users))
     }
 
     async fn engagement(

@@ -328,6 +328,54 @@ fn parse_comment_row(bytes: &[u8]) -> Option<StoredComment> {
 }
 
 /// Reads the comment at `(stream, seq)` of an events table.
+/// Applies likes and unlikes in `tx`: per change, whether its comment is visible and its new
+/// count when the change changed something (a second like or an unlike of nothing does not).
+fn apply_likes(
+    tx: &WriteTransaction,
+    changes: &[LikeChange],
+) -> Result<Vec<(bool, Option<u64>)>, StoreError> {
+    let ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
+    let events = tx.open_table(EVENTS).map_err(backend)?;
+    let mut likes = tx.open_table(LIKES).map_err(backend)?;
+    let mut counts = tx.open_table(LIKE_COUNTS).map_err(backend)?;
+    let mut out = Vec::with_capacity(changes.len());
+    for ch in changes {
+        let (s, c) = (ch.stream.as_str(), ch.comment_id.as_str());
+        let Some(seq) = ids.get((s, c)).map_err(backend)?.map(|v| v.value()) else {
+            out.push((false, None));
+            continue;
+        };
+        // Likes on a removed comment would keep it ranked and leak its id.
+        let visible =
+            comment_at(&events, s, seq)?.is_some_and(|sc| sc.visibility == Visibility::Visible);
+        if !visible {
+            out.push((false, None));
+            continue;
+        }
+        let key = (s, c, ch.user.as_str());
+        let had = likes.get(key).map_err(backend)?.is_some();
+        if had == ch.like {
+            out.push((true, None));
+            continue;
+        }
+        let n = counts
+            .get((s, c))
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let n = if ch.like {
+            likes.insert(key, ()).map_err(backend)?;
+            n + 1
+        } else {
+            likes.remove(key).map_err(backend)?;
+            n.saturating_sub(1)
+        };
+        counts.insert((s, c), n).map_err(backend)?;
+        out.push((true, Some(n)));
+    }
+    Ok(out)
+}
+
 fn comment_at(
     events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     stream: &str,
@@ -794,47 +842,46 @@ impl Store for EmbeddedStore {
 
     async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
         let changes = changes.to_vec();
-        self.write(move |tx| {
+        let applied = self.write(move |tx| apply_likes(tx, &changes)).await?;
+        Ok(applied.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// The same transaction as [`Store::set_likes`]: with one writer, this file is the only
+    /// copy of the like sets, and membership here agrees with whoever decided.
+    async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
+        let changes = changes.to_vec();
+        let applied = self.write(move |tx| apply_likes(tx, &changes)).await?;
+        Ok(applied.into_iter().map(|(visible, _)| visible).collect())
+    }
+
+    async fn likers(
+        &self,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<Option<Vec<UserId>>, StoreError> {
+        let (stream, id) = (stream.clone(), comment_id.to_owned());
+        self.read(move |tx| {
+            let (s, c) = (stream.as_str(), id.as_str());
             let ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
             let events = tx.open_table(EVENTS).map_err(backend)?;
-            let mut likes = tx.open_table(LIKES).map_err(backend)?;
-            let mut counts = tx.open_table(LIKE_COUNTS).map_err(backend)?;
-            let mut out = Vec::with_capacity(changes.len());
-            for ch in &changes {
-                let (s, c) = (ch.stream.as_str(), ch.comment_id.as_str());
-                let Some(seq) = ids.get((s, c)).map_err(backend)?.map(|v| v.value()) else {
-                    out.push(None);
-                    continue;
-                };
-                // Likes on a removed comment would keep it ranked and leak its id.
-                let visible = comment_at(&events, s, seq)?
-                    .is_some_and(|sc| sc.visibility == Visibility::Visible);
-                if !visible {
-                    out.push(None);
-                    continue;
-                }
-                let key = (s, c, ch.user.as_str());
-                let had = likes.get(key).map_err(backend)?.is_some();
-                if had == ch.like {
-                    out.push(None);
-                    continue;
-                }
-                let n = counts
-                    .get((s, c))
-                    .map_err(backend)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                let n = if ch.like {
-                    likes.insert(key, ()).map_err(backend)?;
-                    n + 1
-                } else {
-                    likes.remove(key).map_err(backend)?;
-                    n.saturating_sub(1)
-                };
-                counts.insert((s, c), n).map_err(backend)?;
-                out.push(Some(n));
+            let Some(seq) = ids.get((s, c)).map_err(backend)?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            if !comment_at(&events, s, seq)?.is_some_and(|sc| sc.visibility == Visibility::Visible)
+            {
+                return Ok(None);
             }
-            Ok(out)
+            let likes = tx.open_table(LIKES).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in likes.range((s, c, "")..).map_err(backend)? {
+                let (k, _) = row.map_err(backend)?;
+                let (ks, kc, user) = k.value();
+                if (ks, kc) != (s, c) {
+                    break;
+                }
+                out.push(UserId::new(user).map_err(|e| corrupt(format!("liker {user:?}: {e}")))?);
+            }
+            Ok(Some(out))
         })
         .await
     }

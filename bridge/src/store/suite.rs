@@ -832,6 +832,75 @@ pub async fn likes_and_replies(store: Shared, ns: &Ns) {
     );
 }
 
+/// Likes decided elsewhere (a cluster's Redis sets): `write_likes` stores them as given, and
+/// `likers` reads the sets back to seed that copy.
+pub async fn likes_written_as_decided(store: Shared, ns: &Ns) {
+    let (s1, u1) = (ns.stream("s1"), ns.user("u1"));
+    let (a, b, c) = (ns.user("a"), ns.user("b"), ns.user("c"));
+    append(
+        &store,
+        vec![comment(&s1, &u1, 1, 10), comment(&s1, &u1, 2, 20)],
+    )
+    .await
+    .unwrap();
+    let like = |user: &UserId, id: &str, like: bool| LikeChange {
+        stream: s1.clone(),
+        comment_id: id.into(),
+        user: user.clone(),
+        like,
+    };
+    assert_eq!(
+        store.likers(&s1, "id1").await.unwrap(),
+        Some(vec![]),
+        "a visible comment nobody likes"
+    );
+    assert_eq!(store.likers(&s1, "nope").await.unwrap(), None);
+    let stored = store
+        .write_likes(&[
+            like(&a, "id1", true),
+            like(&b, "id1", true),
+            like(&c, "id1", true),
+            like(&c, "id1", false),
+            like(&a, "nope", true),
+            like(&a, "id2", true),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![true, true, true, true, false, true]);
+    let mut likers = store.likers(&s1, "id1").await.unwrap().unwrap();
+    likers.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(likers, want, "each user's last change holds");
+    assert_eq!(
+        store
+            .engagement(&s1, &["id1".into(), "id2".into()])
+            .await
+            .unwrap(),
+        vec![(2, 0), (1, 0)],
+        "counts move by the net change"
+    );
+    assert_eq!(
+        store.write_likes(&[like(&a, "id1", false)]).await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store.likers(&s1, "id1").await.unwrap(),
+        Some(vec![b.clone()])
+    );
+    assert_eq!(
+        store.engagement(&s1, &["id1".into()]).await.unwrap(),
+        vec![(1, 0)]
+    );
+    // A removed comment takes no likes and seeds no set.
+    append(&store, vec![retract(&s1, 3, 2, "x")]).await.unwrap();
+    assert_eq!(store.likers(&s1, "id2").await.unwrap(), None);
+    assert_eq!(
+        store.write_likes(&[like(&b, "id2", true)]).await.unwrap(),
+        vec![false]
+    );
+}
+
 pub async fn reactions_add_up(store: Shared, ns: &Ns) {
     let s1 = ns.stream("s1");
     assert!(store.reaction_totals(&s1).await.unwrap().is_empty());

@@ -23,13 +23,14 @@ impl Writer {
         let changes: Vec<LikeChange> = likes
             .iter()
             .filter_map(|s| match serde_json::from_slice::<Body>(&s.payload) {
-                Ok(b) => Some(LikeChange {
+                // Comment ids are ids (ULIDs); anything else names no comment.
+                Ok(b) if wire::ids::validate_id(&b.comment_id).is_ok() => Some(LikeChange {
                     stream: s.stream.clone(),
                     comment_id: b.comment_id,
                     user: s.author.id.clone(),
                     like: !b.remove,
                 }),
-                Err(_) => {
+                _ => {
                     metrics::counter!("livecomments_reactions_dropped_total", "reason" => "invalid")
                         .increment(1);
                     None
@@ -39,7 +40,7 @@ impl Writer {
         if changes.is_empty() {
             return;
         }
-        let counts = match self.deps.store.set_likes(&changes).await {
+        let counts = match self.deps.likes.apply(&*self.deps.store, &changes).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, count = changes.len(), "storing likes failed");

@@ -321,6 +321,9 @@ pub(crate) struct Statements {
 
     pub like: PreparedStatement,
     pub unlike: PreparedStatement,
+    pub put_like: PreparedStatement,
+    pub delete_like: PreparedStatement,
+    pub likers: PreparedStatement,
 
     pub put_shadow: PreparedStatement,
 
@@ -538,6 +541,19 @@ impl Statements {
                 "DELETE FROM {ks}.likes WHERE stream = ? AND comment_id = ? AND user_id = ? \
                  IF EXISTS"
             ))
+            .await?,
+            put_like: q(format!(
+                "INSERT INTO {ks}.likes (stream, comment_id, user_id) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            delete_like: q(format!(
+                "DELETE FROM {ks}.likes WHERE stream = ? AND comment_id = ? AND user_id = ?"
+            ))
+            .await?,
+            likers: scan(
+                format!("SELECT user_id FROM {ks}.likes WHERE stream = ? AND comment_id = ?"),
+                INDEX_PAGE,
+            )
             .await?,
 
             put_shadow: q(format!(

@@ -1,0 +1,282 @@
+//! Who likes which comment: "once per user", decided where the like sets live.
+//!
+//! One bridge: the store decides in the transaction that stores the like ([`StoreLikes`]).
+//! A cluster: each comment's like set is a Redis set, `{prefix}:likes:{stream}:{comment}`
+//! ([`RedisLikes`]); a Lua script adds or removes users and answers which changes changed
+//! something and the count after each, atomically for every bridge. Only those changes are
+//! then written to the store, with plain writes (no lightweight transaction per like). A set
+//! expires [`LIKE_SET_TTL`] after its last change and is seeded again from the store
+//! ([`Store::likers`]) the next time it is needed; the store stays the durable copy.
+//!
+//! A set holds the marker member `""` besides the users (user ids are never empty), so a
+//! seeded set with no likers still exists and is told apart from one never seeded.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use wire::store::{LikeChange, Store, StoreError};
+use wire::StreamId;
+
+use crate::bus::redis::timed;
+
+/// How long an untouched like set stays in Redis (then it is read from the store again).
+pub const LIKE_SET_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Users added to a set per Redis command while seeding (Lua's stack bounds `unpack`).
+const SEED_CHUNK: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LikeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("like sets unavailable: {0}")]
+    Redis(#[from] wire::bus::BusError),
+}
+
+#[async_trait]
+pub trait LikeSets: Send + Sync + 'static {
+    /// Applies likes and unlikes in order; per change, the comment's like count right after
+    /// it when it changed something (`None`: a second like, an unlike of nothing, or an
+    /// unknown or removed comment). What changed is stored before this returns.
+    async fn apply(
+        &self,
+        store: &dyn Store,
+        changes: &[LikeChange],
+    ) -> Result<Vec<Option<u64>>, LikeError>;
+}
+
+/// The store decides, in the transaction that stores the like.
+pub struct StoreLikes;
+
+#[async_trait]
+impl LikeSets for StoreLikes {
+    async fn apply(
+        &self,
+        store: &dyn Store,
+        changes: &[LikeChange],
+    ) -> Result<Vec<Option<u64>>, LikeError> {
+        Ok(store.set_likes(changes).await?)
+    }
+}
+
+/// Changes one comment's like set. KEYS[1]: the set; ARGV[1]: TTL in ms; ARGV[2..]: `+user`
+/// (like) or `-user` (unlike). Nil when the set does not exist (seed it first); otherwise,
+/// per change, the count after it, or -1 when it changed nothing.
+const APPLY: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local out = {}
+for i = 2, #ARGV do
+  local user = string.sub(ARGV[i], 2)
+  local changed
+  if string.sub(ARGV[i], 1, 1) == '+' then
+    changed = redis.call('SADD', KEYS[1], user)
+  else
+    changed = redis.call('SREM', KEYS[1], user)
+  end
+  if changed == 1 then out[#out + 1] = redis.call('SCARD', KEYS[1]) - 1 else out[#out + 1] = -1 end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return out
+";
+
+/// Seeds one comment's like set unless it exists. KEYS[1]: the set; ARGV[1]: TTL in ms;
+/// ARGV[2]: '1' when this is the last chunk of the seed; ARGV[3..]: users. Chunks after the
+/// first go to a temporary key renamed into place with the last one, so no bridge sees a
+/// half-seeded set. Returns 1 when the set was seeded by this call.
+const SEED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+redis.call('SADD', KEYS[2], '')
+for i = 3, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('RENAME', KEYS[2], KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// Like sets in Redis, shared by the bridges of a cluster.
+pub struct RedisLikes {
+    conn: ConnectionManager,
+    prefix: String,
+    apply: redis::Script,
+    seed: redis::Script,
+}
+
+impl RedisLikes {
+    pub fn new(conn: ConnectionManager, prefix: String) -> Self {
+        RedisLikes {
+            conn,
+            prefix,
+            apply: redis::Script::new(APPLY),
+            seed: redis::Script::new(SEED),
+        }
+    }
+
+    /// Stream ids have no `:`, so the comment id is whatever follows the second one.
+    fn key(&self, stream: &StreamId, comment_id: &str) -> String {
+        format!("{}:likes:{stream}:{comment_id}", self.prefix)
+    }
+
+    /// Runs [`APPLY`] on one comment's set; `None` when the set is not seeded.
+    async fn change(
+        &self,
+        key: &str,
+        changes: &[&LikeChange],
+    ) -> Result<Option<Vec<i64>>, LikeError> {
+        let mut invocation = self.apply.prepare_invoke();
+        invocation.key(key).arg(LIKE_SET_TTL.as_millis() as u64);
+        for ch in changes {
+            let op = if ch.like { '+' } else { '-' };
+            invocation.arg(format!("{op}{}", ch.user));
+        }
+        let mut conn = self.conn.clone();
+        Ok(timed(invocation.invoke_async(&mut conn)).await?)
+    }
+
+    /// Seeds a comment's set from the store; false when the comment is unknown or removed.
+    async fn seed(
+        &self,
+        store: &dyn Store,
+        key: &str,
+        stream: &StreamId,
+        comment_id: &str,
+    ) -> Result<bool, LikeError> {
+        let Some(users) = store.likers(stream, comment_id).await? else {
+            return Ok(false);
+        };
+        // Unique per call, so two bridges seeding at once never share a temporary key.
+        let staging = format!("{key}:seed:{}", ulid::Ulid::new());
+        let chunks: Vec<&[wire::UserId]> = if users.is_empty() {
+            vec![&[]]
+        } else {
+            users.chunks(SEED_CHUNK).collect()
+        };
+        let mut conn = self.conn.clone();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let mut invocation = self.seed.prepare_invoke();
+            invocation
+                .key(key)
+                .key(&staging)
+                .arg(LIKE_SET_TTL.as_millis() as u64)
+                .arg(if last { "1" } else { "0" });
+            for u in *chunk {
+                invocation.arg(u.as_str());
+            }
+            timed(invocation.invoke_async::<i64>(&mut conn)).await?;
+        }
+        Ok(true)
+    }
+
+    /// Undoes changes Redis applied but the store did not take (best effort, newest first).
+    async fn undo(&self, key: &str, changes: &[&LikeChange]) {
+        let mut pipe = redis::pipe();
+        for ch in changes.iter().rev() {
+            let cmd = if ch.like { "SREM" } else { "SADD" };
+            pipe.cmd(cmd).arg(key).arg(ch.user.as_str()).ignore();
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = timed(pipe.query_async::<()>(&mut conn)).await {
+            tracing::warn!(error = %e, %key, "undoing like changes failed; the set is rebuilt from the store when it expires");
+        }
+    }
+}
+
+#[async_trait]
+impl LikeSets for RedisLikes {
+    async fn apply(
+        &self,
+        store: &dyn Store,
+        changes: &[LikeChange],
+    ) -> Result<Vec<Option<u64>>, LikeError> {
+        let mut out = vec![None; changes.len()];
+        // Per comment, in order of first appearance.
+        let mut groups: Vec<(&StreamId, &str, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<(&StreamId, &str), usize> = HashMap::new();
+        for (i, ch) in changes.iter().enumerate() {
+            let k = (&ch.stream, ch.comment_id.as_str());
+            let g = *index.entry(k).or_insert_with(|| {
+                groups.push((k.0, k.1, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].2.push(i);
+        }
+        // Decide in Redis, comment by comment.
+        let mut decided: Vec<(String, usize, u64)> = Vec::new();
+        for (stream, cid, idxs) in groups {
+            let key = self.key(stream, cid);
+            let group: Vec<&LikeChange> = idxs.iter().map(|&i| &changes[i]).collect();
+            let counts = match self.change(&key, &group).await? {
+                Some(c) => c,
+                None => {
+                    if !self.seed(store, &key, stream, cid).await? {
+                        continue;
+                    }
+                    match self.change(&key, &group).await? {
+                        Some(c) => c,
+                        // Expired between seeding and use: a day untouched, so never.
+                        None => continue,
+                    }
+                }
+            };
+            for (&i, n) in idxs.iter().zip(counts) {
+                if let Ok(n) = u64::try_from(n) {
+                    decided.push((key.clone(), i, n));
+                }
+            }
+        }
+        if decided.is_empty() {
+            return Ok(out);
+        }
+        let effective: Vec<LikeChange> = decided
+            .iter()
+            .map(|(_, i, _)| changes[*i].clone())
+            .collect();
+        let stored = match store.write_likes(&effective).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.undo_all(&decided, changes, |_| true).await;
+                return Err(e.into());
+            }
+        };
+        // A comment removed since its set was seeded: its likes are not stored; undo them.
+        if stored.iter().any(|s| !s) {
+            self.undo_all(&decided, changes, |d| !stored[d]).await;
+        }
+        for (d, (_, i, n)) in decided.into_iter().enumerate() {
+            if stored[d] {
+                out[i] = Some(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RedisLikes {
+    /// Undoes the decided changes `which` selects, set by set.
+    async fn undo_all(
+        &self,
+        decided: &[(String, usize, u64)],
+        changes: &[LikeChange],
+        which: impl Fn(usize) -> bool,
+    ) {
+        let mut by_key: Vec<(&str, Vec<&LikeChange>)> = Vec::new();
+        for (d, (key, i, _)) in decided.iter().enumerate() {
+            if !which(d) {
+                continue;
+            }
+            match by_key.last_mut() {
+                Some((k, v)) if *k == key.as_str() => v.push(&changes[*i]),
+                _ => by_key.push((key.as_str(), vec![&changes[*i]])),
+            }
+        }
+        for (key, chs) in by_key {
+            self.undo(key, &chs).await;
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! A cluster's like sets in Redis (`bridge::likes::RedisLikes`) against a real `redis-server`
+//! and a real store: bridges racing on one comment count each user once, a set lost from
+//! Redis is seeded again from the store, and likes the store refuses are undone in Redis.
+
+mod common;
+
+use std::sync::Arc;
+
+use bridge::likes::{LikeSets, RedisLikes};
+use bridge::store::suite::stored;
+use bridge::store::EmbeddedStore;
+use common::redis::RedisServer;
+use wire::store::{Batch, LikeChange, Store, StoredEvent};
+use wire::{StreamId, UserId};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _redis: RedisServer,
+    store: Arc<dyn Store>,
+    client: redis::Client,
+    stream: StreamId,
+}
+
+async fn setup() -> Setup {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap());
+    let stream = StreamId::new("s1").unwrap();
+    let author = UserId::new("ann").unwrap();
+    let events = (1..=2)
+        .map(|seq| StoredEvent::Comment(stored(&stream, &author, seq, seq * 10)))
+        .collect();
+    store
+        .commit(&Batch {
+            events,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    Setup {
+        client: redis::Client::open(redis.url()).unwrap(),
+        _redis: redis,
+        _dir: dir,
+        store,
+        stream,
+    }
+}
+
+impl Setup {
+    /// A bridge's like sets: a connection of its own.
+    async fn bridge(&self) -> RedisLikes {
+        let conn = redis::aio::ConnectionManager::new(self.client.clone())
+            .await
+            .unwrap();
+        RedisLikes::new(conn, "lc".into())
+    }
+
+    fn like(&self, user: &str, comment: &str, like: bool) -> LikeChange {
+        LikeChange {
+            stream: self.stream.clone(),
+            comment_id: comment.into(),
+            user: UserId::new(user).unwrap(),
+            like,
+        }
+    }
+
+    async fn redis(&self, cmd: &str, key: &str) -> redis::Value {
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd(cmd)
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn likes_stored(&self, comment: &str) -> u64 {
+        self.store
+            .engagement(&self.stream, &[comment.into()])
+            .await
+            .unwrap()[0]
+            .0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_count_each_user_once_and_a_lost_set_is_seeded_from_the_store() {
+    let s = setup().await;
+    let (a, b) = (s.bridge().await, s.bridge().await);
+    // Users 0..40 like through bridge a, 20..60 through bridge b, one change per call, both
+    // at once: 20 users like twice, on two bridges at the same moment.
+    let run = |likes: RedisLikes, users: std::ops::Range<u32>| {
+        let (store, changes) = (
+            s.store.clone(),
+            users
+                .map(|u| s.like(&format!("u{u}"), "id1", true))
+                .collect::<Vec<_>>(),
+        );
+        tokio::spawn(async move {
+            let mut counted = Vec::new();
+            for ch in changes {
+                let n = likes
+                    .apply(&*store, std::slice::from_ref(&ch))
+                    .await
+                    .unwrap();
+                counted.extend(n.into_iter().flatten());
+            }
+            (likes, counted)
+        })
+    };
+    let (ta, tb) = (run(a, 0..40), run(b, 20..60));
+    let ((a, mut counted), (_b, from_b)) = (ta.await.unwrap(), tb.await.unwrap());
+    counted.extend(from_b);
+    counted.sort_unstable();
+    assert_eq!(
+        counted,
+        (1..=60).collect::<Vec<u64>>(),
+        "60 users, each counted once, each count handed out once"
+    );
+    assert_eq!(s.likes_stored("id1").await, 60);
+    assert_eq!(
+        s.store
+            .likers(&s.stream, "id1")
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        60
+    );
+    assert_eq!(
+        s.redis("SCARD", "lc:likes:s1:id1").await,
+        redis::Value::Int(61),
+        "the set in Redis: 60 users and the marker"
+    );
+
+    // The set is lost (expired, or Redis restarted empty): the next change seeds it from
+    // the store, so a user who liked before still cannot like twice.
+    s.redis("DEL", "lc:likes:s1:id1").await;
+    let n = a
+        .apply(
+            &*s.store,
+            &[s.like("u0", "id1", true), s.like("u1", "id1", false)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, vec![None, Some(59)]);
+    assert_eq!(s.likes_stored("id1").await, 59);
+    assert_eq!(
+        s.redis("SCARD", "lc:likes:s1:id1").await,
+        redis::Value::Int(60)
+    );
+    // An unknown comment makes no set.
+    assert_eq!(
+        a.apply(&*s.store, &[s.like("u0", "nope", true)])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    assert_eq!(
+        s.redis("EXISTS", "lc:likes:s1:nope").await,
+        redis::Value::Int(0)
+    );
+
+    // A set larger than one seeding command (1 000 users) arrives whole.
+    let many: Vec<LikeChange> = (0..2500)
+        .map(|u| s.like(&format!("m{u}"), "id2", true))
+        .collect();
+    assert!(s
+        .store
+        .write_likes(&many)
+        .await
+        .unwrap()
+        .iter()
+        .all(|&ok| ok));
+    assert_eq!(
+        a.apply(
+            &*s.store,
+            &[s.like("m7", "id2", true), s.like("z", "id2", true)]
+        )
+        .await
+        .unwrap(),
+        vec![None, Some(2501)]
+    );
+    assert_eq!(
+        s.redis("SCARD", "lc:likes:s1:id2").await,
+        redis::Value::Int(2502)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn likes_of_a_comment_removed_after_its_set_was_seeded_are_undone() {
+    let s = setup().await;
+    let a = s.bridge().await;
+    assert_eq!(
+        a.apply(&*s.store, &[s.like("u0", "id2", true)])
+            .await
+            .unwrap(),
+        vec![Some(1)]
+    );
+    s.store
+        .commit(&Batch {
+            events: vec![StoredEvent::Retract {
+                stream: s.stream.clone(),
+                seq: 3,
+                comment_seq: 2,
+                comment_id: "id2".into(),
+                reason: "spam".into(),
+                actor: "mod".into(),
+                at: 5,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Redis still has the set and takes the like; the store refuses it; Redis is put back.
+    assert_eq!(
+        a.apply(
+            &*s.store,
+            &[s.like("u1", "id2", true), s.like("u0", "id2", false)]
+        )
+        .await
+        .unwrap(),
+        vec![None, None]
+    );
+    let mut conn = s.client.get_multiplexed_async_connection().await.unwrap();
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("lc:likes:s1:id2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    members.sort();
+    assert_eq!(members, vec!["".to_string(), "u0".into()]);
+}
