@@ -47,10 +47,17 @@ pub struct Running {
     /// Stops HTTP intake; the node's intake token when there is a node.
     intake: CancellationToken,
     bridge: Option<RunningBridge>,
-    moderation: Option<(CancellationToken, JoinHandle<()>)>,
+    moderation: Option<RunningModeration>,
     /// Ends the bus's background tasks (Redis pub/sub and consumers), last.
     bus_stop: CancellationToken,
     store: Arc<dyn Store>,
+}
+
+struct RunningModeration {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    /// A cluster worker's acknowledgements of what it scored (the Redis feed).
+    acknowledged: Option<JoinHandle<()>>,
 }
 
 struct RunningNode {
@@ -197,17 +204,21 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     let moderation = if roles.runs(ClusterRole::Moderation) {
         let scorer = load_scorer(&config.moderation.model)?;
         let stop = CancellationToken::new();
-        let input = match (bridge.is_some(), &redis_client) {
-            (true, _) => accepted_rx.take().expect("taken once"),
-            (false, Some(client)) => bridge::bus::redis::accepted_feed(
-                client.clone(),
-                config.bus.redis.prefix.clone(),
-                node_id.clone(),
-                config.moderation.model.batch_size,
-                // A batch is scored in well under this; a dead worker's entries wait as long.
-                Duration::from_millis(config.bus.redis.claim_idle_ms).max(MODERATION_CLAIM_IDLE),
-                stop.clone(),
-            ),
+        let (input, acknowledged) = match (bridge.is_some(), &redis_client) {
+            (true, _) => (accepted_rx.take().expect("taken once"), None),
+            (false, Some(client)) => {
+                let feed = bridge::bus::redis::accepted_feed(
+                    client.clone(),
+                    config.bus.redis.prefix.clone(),
+                    node_id.clone(),
+                    config.moderation.model.batch_size,
+                    // A batch is scored in well under this; a dead worker's entries wait as long.
+                    Duration::from_millis(config.bus.redis.claim_idle_ms)
+                        .max(MODERATION_CLAIM_IDLE),
+                    stop.clone(),
+                );
+                (feed.comments, Some(feed.acknowledged))
+            }
             (false, None) => {
                 anyhow::bail!("a moderation worker without a bridge needs the redis bus")
             }
@@ -219,7 +230,11 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
             ingest.clone(),
             stop.clone(),
         ));
-        Some((stop, task))
+        Some(RunningModeration {
+            stop,
+            task,
+            acknowledged,
+        })
     } else {
         None
     };
@@ -400,9 +415,17 @@ impl Running {
             let _ = (&mut b.tasks.consumer).await;
             b.bridge.flush().await;
         }
-        if let Some((stop, task)) = &mut self.moderation {
-            stop.cancel();
-            let _ = task.await;
+        if let Some(m) = &mut self.moderation {
+            m.stop.cancel();
+            let _ = (&mut m.task).await;
+            if let Some(acked) = &mut m.acknowledged {
+                if tokio::time::timeout(Duration::from_secs(5), acked)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("moderation acknowledgements still pending 5 s after stop");
+                }
+            }
         }
         if let Some(b) = &mut self.bridge {
             b.stop.writer.cancel();

@@ -513,7 +513,8 @@ async fn comments_a_dead_moderation_worker_had_read_go_to_another() {
         16,
         claim_idle,
         stop_a.clone(),
-    );
+    )
+    .comments;
     // The group starts "from now": wait until the worker has created it.
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let deadline = std::time::Instant::now() + WAIT;
@@ -553,7 +554,7 @@ async fn comments_a_dead_moderation_worker_had_read_go_to_another() {
 
     // Worker b gets c2 (claimed once idle), and not c1 (scored).
     let stop_b = CancellationToken::new();
-    let mut b = accepted_feed(
+    let feed = accepted_feed(
         client,
         "lc".into(),
         "mod-b".into(),
@@ -561,6 +562,7 @@ async fn comments_a_dead_moderation_worker_had_read_go_to_another() {
         claim_idle,
         stop_b.clone(),
     );
+    let (mut b, acknowledged) = (feed.comments, feed.acknowledged);
     let got = tokio::time::timeout(WAIT, b.recv()).await.unwrap().unwrap();
     assert_eq!(got.comment.id, "c2");
     assert_eq!(got.comment.text, "text of c2");
@@ -571,7 +573,21 @@ async fn comments_a_dead_moderation_worker_had_read_go_to_another() {
             .is_err(),
         "nothing else: c1 was acknowledged, c2 now too"
     );
+    // A worker that stops has sent its acknowledgements once the feed says so: nothing is
+    // left pending for another worker to score again.
     stop_b.cancel();
+    drop(b);
+    tokio::time::timeout(WAIT, acknowledged)
+        .await
+        .expect("the acknowledgements end after the feed stops")
+        .unwrap();
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg("lc:accepted")
+        .arg("moderation")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "every scored comment acknowledged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

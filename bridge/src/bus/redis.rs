@@ -717,11 +717,11 @@ pub fn accepted_feed(
     batch_size: usize,
     claim_idle: Duration,
     shutdown: CancellationToken,
-) -> mpsc::Receiver<moderation::Queued> {
+) -> AcceptedFeed {
     let (tx, rx) = mpsc::channel(batch_size.max(1));
     let key = accepted_key(&prefix);
     let (acks_tx, acks) = mpsc::unbounded_channel::<String>();
-    tokio::spawn(acknowledge(client.clone(), key.clone(), acks));
+    let acknowledged = tokio::spawn(acknowledge(client.clone(), key.clone(), acks));
     let reader = GroupReader {
         client,
         key,
@@ -752,7 +752,18 @@ pub fn accepted_feed(
         }
     };
     tokio::spawn(reader.run(decode, tx));
-    rx
+    AcceptedFeed {
+        comments: rx,
+        acknowledged,
+    }
+}
+
+/// A moderation worker's input from the cluster's accepted comments.
+pub struct AcceptedFeed {
+    pub comments: mpsc::Receiver<moderation::Queued>,
+    /// Ends once the feed stopped, every receipt is gone and the last acknowledgements were
+    /// sent: awaited at shutdown, so comments scored just before it are not scored again.
+    pub acknowledged: tokio::task::JoinHandle<()>,
 }
 
 /// Acknowledges handled entries of the moderation group, in batches; ends when every
