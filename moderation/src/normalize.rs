@@ -93,6 +93,9 @@ fn fold_unicode(text: &str) -> String {
         .collect()
 }
 
+/// The letters a wildcard cell (a mask character or a digit) stands for.
+pub const VOWELS: &str = "aeiouy";
+
 /// One position of a word as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cell {
@@ -106,7 +109,7 @@ impl Cell {
     fn matches(self, letter: char) -> bool {
         match self {
             Cell::Letter(c) => c == letter,
-            Cell::Wild(leet) => leet == Some(letter) || "aeiouy".contains(letter),
+            Cell::Wild(leet) => leet == Some(letter) || VOWELS.contains(letter),
         }
     }
 }

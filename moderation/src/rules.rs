@@ -12,7 +12,7 @@ use wire::bus::Author;
 use wire::UserId;
 
 use crate::config::{RuleAction, RulesConfig};
-use crate::normalize::{self, Word};
+use crate::normalize::{self, Cell, Word};
 
 /// Which rule matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,11 @@ struct Term {
 pub struct Rules {
     config: RulesConfig,
     terms: Vec<Term>,
+    /// Terms by their first letter: a word can only spell a term whose first letter its
+    /// first cell matches, so each word is compared with a few terms, not the whole list.
+    by_first: HashMap<char, Vec<usize>>,
+    /// Terms starting with a vowel, which a wildcard cell (`*`, a digit) also matches.
+    vowel_first: Vec<usize>,
     /// Folded allow-listed phrases.
     allow: Vec<String>,
     link: Regex,
@@ -88,7 +93,17 @@ impl Rules {
                 prefix: t.trim_end().ends_with('*'),
             })
             .filter(|t| !t.spelled.0.is_empty())
-            .collect();
+            .collect::<Vec<Term>>();
+        let mut by_first: HashMap<char, Vec<usize>> = HashMap::new();
+        let mut vowel_first = Vec::new();
+        for (i, t) in terms.iter().enumerate() {
+            if let Some(c) = t.spelled.0.chars().next() {
+                by_first.entry(c).or_default().push(i);
+                if normalize::VOWELS.contains(c) {
+                    vowel_first.push(i);
+                }
+            }
+        }
         let allow = config
             .allow_phrases
             .iter()
@@ -98,6 +113,8 @@ impl Rules {
         Rules {
             config,
             terms,
+            by_first,
+            vowel_first,
             allow,
             // A constant pattern: compiling it cannot fail.
             link: Regex::new(LINK).unwrap_or_else(|_| Regex::new("$^").expect("trivial regex")),
@@ -109,18 +126,20 @@ impl Rules {
     pub fn check(&self, author: &Author, text: &str) -> Option<Hit> {
         let c = &self.config;
         let hit = |rule, action| (action != RuleAction::Off).then_some(Hit { rule, action });
-        if c.blocklist_action != RuleAction::Off && self.blocked(text) {
+        // Folded once for the blocklist, repeat and link rules.
+        let folded = normalize::fold(text);
+        if c.blocklist_action != RuleAction::Off && self.blocked(&folded) {
             return hit(Rule::Blocklist, c.blocklist_action);
         }
         if c.trusted_roles.contains(&author.role) {
             return None;
         }
         // Repeats first: a spammer repeating a link is refused, not queued again and again.
-        if c.repeat_action != RuleAction::Off && self.repeated(&author.id, text) {
+        if c.repeat_action != RuleAction::Off && self.repeated(&author.id, &folded) {
             return hit(Rule::Repeat, c.repeat_action);
         }
         // On the folded text, so full-width or decorated links are links too.
-        if c.links_action != RuleAction::Off && self.link.is_match(&normalize::fold(text)) {
+        if c.links_action != RuleAction::Off && self.link.is_match(&folded) {
             return hit(Rule::Links, c.links_action);
         }
         if c.caps_action != RuleAction::Off && self.shouting(text) {
@@ -132,23 +151,46 @@ impl Rules {
         None
     }
 
-    fn blocked(&self, text: &str) -> bool {
-        let mut folded = normalize::fold(text);
+    /// `folded`: the text through [`normalize::fold`].
+    fn blocked(&self, folded: &str) -> bool {
+        let mut kept = std::borrow::Cow::Borrowed(folded);
         for phrase in &self.allow {
-            folded = folded.replace(phrase.as_str(), " ");
+            if kept.contains(phrase.as_str()) {
+                kept = std::borrow::Cow::Owned(kept.replace(phrase.as_str(), " "));
+            }
         }
-        let words: Vec<Word> = normalize::words(&folded);
-        words
+        normalize::words(&kept)
             .iter()
-            .any(|w| self.terms.iter().any(|t| w.spells(&t.spelled, t.prefix)))
+            .any(|w| self.spells_a_term(w))
     }
 
-    fn repeated(&self, user: &UserId, text: &str) -> bool {
+    fn spells_a_term(&self, w: &Word) -> bool {
+        let any = |idxs: &[usize]| {
+            idxs.iter().any(|&i| {
+                let t = &self.terms[i];
+                w.spells(&t.spelled, t.prefix)
+            })
+        };
+        match w.0.first() {
+            None => false,
+            Some((Cell::Letter(c), _)) => self.by_first.get(c).is_some_and(|v| any(v)),
+            // A wildcard matches any vowel, and a leet digit its letter too.
+            Some((Cell::Wild(leet), _)) => {
+                any(&self.vowel_first)
+                    || leet
+                        .filter(|l| !normalize::VOWELS.contains(*l))
+                        .and_then(|l| self.by_first.get(&l))
+                        .is_some_and(|v| any(v))
+            }
+        }
+    }
+
+    /// `folded`: the text through [`normalize::fold`].
+    fn repeated(&self, user: &UserId, folded: &str) -> bool {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        normalize::fold(text)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .hash(&mut h);
+        for word in folded.split_whitespace() {
+            word.hash(&mut h);
+        }
         let hash = h.finish();
         let now = Instant::now();
         let window = Duration::from_secs(self.config.repeat_window_s);
@@ -197,13 +239,21 @@ impl Rules {
 
     /// Counted in grapheme clusters: a flag, a skin-toned hand or a family is one emoji.
     fn emoji_wall(&self, text: &str) -> bool {
-        let visible: Vec<&str> = text
-            .graphemes(true)
-            .filter(|g| !g.chars().all(char::is_whitespace))
-            .collect();
-        let emoji = visible.iter().filter(|g| g.chars().any(is_emoji)).count();
-        emoji >= self.config.emoji_min
-            && emoji as f32 >= self.config.emoji_ratio * visible.len() as f32
+        // Most comments have no emoji at all: no need to segment them.
+        if self.config.emoji_min > 0 && !text.chars().any(is_emoji) {
+            return false;
+        }
+        let (mut visible, mut emoji) = (0usize, 0usize);
+        for g in text.graphemes(true) {
+            if g.chars().all(char::is_whitespace) {
+                continue;
+            }
+            visible += 1;
+            if g.chars().any(is_emoji) {
+                emoji += 1;
+            }
+        }
+        emoji >= self.config.emoji_min && emoji as f32 >= self.config.emoji_ratio * visible as f32
     }
 }
 
@@ -428,5 +478,92 @@ mod tests {
         {
             assert!(!is_emote_only(bad), "{bad:?} is not only emoji");
         }
+    }
+
+    /// The first-letter index finds exactly the words a scan of every term finds.
+    #[test]
+    fn the_blocklist_index_agrees_with_a_scan_of_every_term() {
+        let terms = [
+            "fuck*",
+            "motherfuck*",
+            "shit*",
+            "bullshit*",
+            "bitch*",
+            "cunt*",
+            "asshole*",
+            "ass",
+            "dickhead*",
+            "bastard*",
+            "wanker*",
+            "twat*",
+            "slut*",
+            "whore*",
+            "retard*",
+            "kys",
+            "spic",
+            "chink*",
+            "idiot",
+            "ugly*",
+            "yob",
+        ];
+        let rules = Rules::new(RulesConfig {
+            blocklist: terms.iter().map(|t| t.to_string()).collect(),
+            ..config()
+        });
+        let mut texts: Vec<String> = [
+            "what a goal",
+            "unbelievable save",
+            "ref is blind",
+            "4ever",
+            "*** ***",
+            "0 1 2 3",
+            "1d10t",
+            "*diot",
+            "3ss",
+            "@ss",
+            "4ss",
+            "$h1t",
+            "5hit",
+            "8itch",
+            "(unt",
+            "|diot",
+            "7wat",
+            "9lory",
+            "y0b",
+            "*gly",
+            "ugg",
+            "a",
+            "ab",
+            "i d i o t",
+            "u g l y",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let subs = [
+            '*', '4', '3', '1', '0', '5', '7', '@', '$', '8', '9', '6', '(', '!', '#',
+        ];
+        for t in terms {
+            let word = t.trim_end_matches('*');
+            texts.push(word.into());
+            texts.push(format!("{word}ing"));
+            texts.push(format!("super{word}"));
+            for (i, _) in word.char_indices() {
+                for c in subs {
+                    let mut v = word.to_string();
+                    v.replace_range(i..i + 1, &c.to_string());
+                    texts.push(v);
+                }
+            }
+        }
+        let mut hits = 0;
+        for text in &texts {
+            for w in normalize::words(text) {
+                let scan = rules.terms.iter().any(|t| w.spells(&t.spelled, t.prefix));
+                assert_eq!(rules.spells_a_term(&w), scan, "{text:?} as {:?}", w.text());
+                hits += usize::from(scan);
+            }
+        }
+        assert!(hits > 100, "the variants include many hits ({hits})");
     }
 }
