@@ -127,14 +127,21 @@ pub struct Word(pub Vec<(Cell, u8)>);
 
 impl Word {
     fn from_cells(cells: &[Cell]) -> Word {
-        let mut runs: Vec<(Cell, u8)> = Vec::with_capacity(cells.len());
+        let mut w = Word(Vec::with_capacity(cells.len()));
+        w.fill(cells);
+        w
+    }
+
+    /// Becomes the word `cells` spell, runs of one cell counted.
+    fn fill(&mut self, cells: &[Cell]) {
+        let runs = &mut self.0;
+        runs.clear();
         for &c in cells {
             match runs.last_mut() {
                 Some((last, n)) if *last == c => *n = n.saturating_add(1),
                 _ => runs.push((c, 1)),
             }
         }
-        Word(runs)
     }
 
     /// Whether the word spells `term` (run-length encoded), each letter repeated at least as
@@ -175,14 +182,48 @@ impl Word {
 
 /// The candidate words of a text a blocklist is matched against.
 pub fn words(text: &str) -> Vec<Word> {
-    let folded = fold(text);
     let mut out = Vec::new();
+    any_word(text, |w| {
+        out.push(w.clone());
+        false
+    });
+    out
+}
+
+/// Whether `f` holds for one of the text's candidate words ([`words`]), in order, stopping at
+/// the first; one reused buffer instead of a vector per word (this runs for every post).
+pub fn any_word(text: &str, mut f: impl FnMut(&Word) -> bool) -> bool {
+    let folded = fold(text);
+    let mut word = Word(Vec::new());
     let mut singles: Vec<Cell> = Vec::new();
-    let flush_singles = |singles: &mut Vec<Cell>, out: &mut Vec<Word>| {
-        if singles.len() >= 3 {
-            out.push(Word::from_cells(singles));
+    let mut cells: Vec<Cell> = Vec::new();
+    // Hands a finished run of cells on; true when `f` held.
+    let mut piece = |cells: &mut Vec<Cell>, singles: &mut Vec<Cell>, last: bool| -> bool {
+        let mut flush = |singles: &mut Vec<Cell>, word: &mut Word| {
+            let hit = singles.len() >= 3 && {
+                word.fill(singles);
+                f(word)
+            };
+            singles.clear();
+            hit
+        };
+        if last {
+            return flush(singles, &mut word);
         }
-        singles.clear();
+        let hit = if cells.iter().all(|c| matches!(c, Cell::Wild(_))) {
+            // A lone digit is a number, not a disguised letter.
+            flush(singles, &mut word)
+        } else if cells.len() == 1 {
+            singles.extend(cells.iter().copied());
+            false
+        } else {
+            flush(singles, &mut word) || {
+                word.fill(cells);
+                f(&word)
+            }
+        };
+        cells.clear();
+        hit
     };
     for raw in folded.split(char::is_whitespace) {
         // Punctuation around a word is not leetspeak: "ass!" is "ass", "(hi)" is "hi"; only
@@ -190,8 +231,6 @@ pub fn words(text: &str) -> Vec<Word> {
         let trimmed = raw
             .trim_start_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '@')
             .trim_end_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '@');
-        let mut cells = Vec::with_capacity(trimmed.len());
-        let mut pieces = Vec::new();
         for c in trimmed.chars() {
             if c.is_alphabetic() {
                 cells.push(Cell::Letter(c));
@@ -201,30 +240,16 @@ pub fn words(text: &str) -> Vec<Word> {
                 cells.push(Cell::Wild(None));
             } else if is_inner_separator(c) {
                 // dropped: f.u.c.k
-            } else if !cells.is_empty() {
+            } else if !cells.is_empty() && piece(&mut cells, &mut singles, false) {
                 // Other punctuation splits words ("bad,word").
-                pieces.push(std::mem::take(&mut cells));
+                return true;
             }
         }
-        if !cells.is_empty() {
-            pieces.push(cells);
-        }
-        for cells in pieces {
-            // A lone digit is a number, not a disguised letter.
-            if cells.iter().all(|c| matches!(c, Cell::Wild(_))) {
-                flush_singles(&mut singles, &mut out);
-                continue;
-            }
-            if cells.len() == 1 {
-                singles.extend(cells);
-                continue;
-            }
-            flush_singles(&mut singles, &mut out);
-            out.push(Word::from_cells(&cells));
+        if !cells.is_empty() && piece(&mut cells, &mut singles, false) {
+            return true;
         }
     }
-    flush_singles(&mut singles, &mut out);
-    out
+    piece(&mut cells, &mut singles, true)
 }
 
 /// A blocklist term as letters and repeat counts (folded like the text).

@@ -159,9 +159,7 @@ impl Rules {
                 kept = std::borrow::Cow::Owned(kept.replace(phrase.as_str(), " "));
             }
         }
-        normalize::words(&kept)
-            .iter()
-            .any(|w| self.spells_a_term(w))
+        normalize::any_word(&kept, |w| self.spells_a_term(w))
     }
 
     fn spells_a_term(&self, w: &Word) -> bool {
