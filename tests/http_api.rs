@@ -201,6 +201,13 @@ async fn replay_windows_and_catch_up_page_through_everything_in_order() {
         }
     }
     assert_eq!(seqs(&got), seqs(&all));
+    // Pages are JSON to clients that look at the header (browsers' fetch, curl --json).
+    let (_, _, headers) = send(
+        sys.http
+            .get(sys.url("/v1/streams/s1/comments?start_time=0&duration=3600&limit=3")),
+    )
+    .await;
+    assert_eq!(headers["content-type"], "application/json");
 
     // A window holds exactly the comments with offset_ms in [start, start + duration).
     let (from, to) = (offsets[3], offsets[8]);

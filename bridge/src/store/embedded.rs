@@ -327,7 +327,6 @@ fn parse_comment_row(bytes: &[u8]) -> Option<StoredComment> {
     })
 }
 
-/// Reads the comment at `(stream, seq)` of an events table.
 /// Applies likes and unlikes in `tx`: per change, whether its comment is visible and its new
 /// count when the change changed something (a second like or an unlike of nothing does not).
 fn apply_likes(
@@ -376,6 +375,7 @@ fn apply_likes(
     Ok(out)
 }
 
+/// Reads the comment at `(stream, seq)` of an events table.
 fn comment_at(
     events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     stream: &str,
@@ -693,7 +693,7 @@ impl Store for EmbeddedStore {
                 _ => Bound::Included((s, from_ms, 0)),
             };
             let end = Bound::Excluded((s, to_ms, 0));
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(limit.min(1000));
             for row in by_time
                 .range::<(&str, u64, u64)>((start, end))
                 .map_err(backend)?

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -106,6 +107,33 @@ struct Page {
     next_token: Option<String>,
 }
 
+/// A page as JSON, written into one buffer sized for it up front: axum's `Json` starts at 128
+/// bytes and grows a `BytesMut` write by write, which cost ~15 % of a 500-comment replay read.
+struct PageBody(Page);
+
+/// Bytes per comment to reserve (a 200-character comment is ~400 bytes of JSON).
+const COMMENT_JSON_BYTES: usize = 512;
+
+impl IntoResponse for PageBody {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(256 + COMMENT_JSON_BYTES * self.0.comments.len());
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a page failed");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}
+
 /// What a page token resumes from.
 #[derive(Debug, PartialEq, Eq)]
 enum Token {
@@ -149,7 +177,7 @@ async fn list(
     State(state): State<AppState>,
     Path(stream): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<PageBody, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = parse_stream_id(&stream)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -212,7 +240,7 @@ async fn list(
                 // yet; then it ranks as of now, as a live one does).
                 super::engagement::rank(&mut page, record.ended_at.unwrap_or_else(now_ms));
                 page.truncate(limit);
-                return Ok(Json(Page {
+                return Ok(PageBody(Page {
                     stream: id.to_string(),
                     comments: page.into_iter().map(Event::Comment).collect(),
                     next_token: None,
@@ -256,7 +284,7 @@ async fn list(
             ))
         }
     };
-    Ok(Json(Page {
+    Ok(PageBody(Page {
         stream: id.to_string(),
         comments,
         next_token: next.map(|t| t.encode()),
