@@ -11,7 +11,6 @@
 //! A set holds the marker member `""` besides the users (user ids are never empty), so a
 //! seeded set with no likers still exists and is told apart from one never seeded.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -195,17 +194,7 @@ impl LikeSets for RedisLikes {
         changes: &[LikeChange],
     ) -> Result<Vec<Option<u64>>, LikeError> {
         let mut out = vec![None; changes.len()];
-        // Per comment, in order of first appearance.
-        let mut groups: Vec<(&StreamId, &str, Vec<usize>)> = Vec::new();
-        let mut index: HashMap<(&StreamId, &str), usize> = HashMap::new();
-        for (i, ch) in changes.iter().enumerate() {
-            let k = (&ch.stream, ch.comment_id.as_str());
-            let g = *index.entry(k).or_insert_with(|| {
-                groups.push((k.0, k.1, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].2.push(i);
-        }
+        let groups = wire::store::likes_by_comment(changes);
         // Decide in Redis, comment by comment.
         let mut decided: Vec<(String, usize, u64)> = Vec::new();
         for (stream, cid, idxs) in groups {

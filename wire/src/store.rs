@@ -128,6 +128,23 @@ pub struct LikeChange {
     pub like: bool,
 }
 
+/// Changes grouped by comment, in order of each comment's first change: `(stream, comment id,
+/// indexes into changes)`. Likes of one comment are decided and counted together.
+pub fn likes_by_comment(changes: &[LikeChange]) -> Vec<(&StreamId, &str, Vec<usize>)> {
+    let mut groups: Vec<(&StreamId, &str, Vec<usize>)> = Vec::new();
+    let mut index: std::collections::HashMap<(&StreamId, &str), usize> =
+        std::collections::HashMap::new();
+    for (i, ch) in changes.iter().enumerate() {
+        let key = (&ch.stream, ch.comment_id.as_str());
+        let g = *index.entry(key).or_insert_with(|| {
+            groups.push((key.0, key.1, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].2.push(i);
+    }
+    groups
+}
+
 /// Where a replay page starts: after this `(offset_ms, seq)` position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ReplayCursor {

@@ -1610,16 +1610,7 @@ impl Store for CassandraStore {
     /// A failure between the two leaves the count off by one (the like itself is stored).
     async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
         let me = &self.inner;
-        let mut groups: Vec<(&StreamId, &str, Vec<usize>)> = Vec::new();
-        let mut index: HashMap<(&StreamId, &str), usize> = HashMap::new();
-        for (i, ch) in changes.iter().enumerate() {
-            let key = (&ch.stream, ch.comment_id.as_str());
-            let g = *index.entry(key).or_insert_with(|| {
-                groups.push((key.0, key.1, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].2.push(i);
-        }
+        let groups = wire::store::likes_by_comment(changes);
         let work: Vec<_> = groups
             .into_iter()
             .map(|(stream, cid, idxs)| async move {
@@ -1676,16 +1667,7 @@ impl Store for CassandraStore {
     /// the counter moves by the changes' net sum.
     async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
         let me = &self.inner;
-        let mut groups: Vec<(&StreamId, &str, Vec<usize>)> = Vec::new();
-        let mut index: HashMap<(&StreamId, &str), usize> = HashMap::new();
-        for (i, ch) in changes.iter().enumerate() {
-            let key = (&ch.stream, ch.comment_id.as_str());
-            let g = *index.entry(key).or_insert_with(|| {
-                groups.push((key.0, key.1, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].2.push(i);
-        }
+        let groups = wire::store::likes_by_comment(changes);
         let work: Vec<_> = groups
             .into_iter()
             .map(|(stream, cid, idxs)| async move {

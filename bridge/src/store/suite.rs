@@ -151,6 +151,15 @@ fn seqs(events: &[Event]) -> Vec<u64> {
     events.iter().map(Event::seq).collect()
 }
 
+fn like_change(stream: &StreamId, user: &UserId, comment_id: &str, like: bool) -> LikeChange {
+    LikeChange {
+        stream: stream.clone(),
+        comment_id: comment_id.into(),
+        user: user.clone(),
+        like,
+    }
+}
+
 fn comment_seqs(comments: &[Comment]) -> Vec<u64> {
     comments.iter().map(|c| c.seq).collect()
 }
@@ -744,12 +753,7 @@ pub async fn likes_and_replies(store: Shared, ns: &Ns) {
     )
     .await
     .unwrap();
-    let like = |user: &UserId, id: &str, like: bool| LikeChange {
-        stream: s1.clone(),
-        comment_id: id.into(),
-        user: user.clone(),
-        like,
-    };
+    let like = |user: &UserId, id: &str, like: bool| like_change(&s1, user, id, like);
     let counts = store
         .set_likes(&[
             like(&a, "id1", true),
@@ -843,12 +847,7 @@ pub async fn likes_written_as_decided(store: Shared, ns: &Ns) {
     )
     .await
     .unwrap();
-    let like = |user: &UserId, id: &str, like: bool| LikeChange {
-        stream: s1.clone(),
-        comment_id: id.into(),
-        user: user.clone(),
-        like,
-    };
+    let like = |user: &UserId, id: &str, like: bool| like_change(&s1, user, id, like);
     assert_eq!(
         store.likers(&s1, "id1").await.unwrap(),
         Some(vec![]),
