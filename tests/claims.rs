@@ -329,181 +329,23 @@ mod failed_commit {
     //! A commit that reports a failure after the store applied it (a storage timeout), on the
     //! embedded store behind a wrapper that can do exactly that.
 
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use bridge::claims::LocalClaims;
     use bridge::store::EmbeddedStore;
     use bridge::{Bridge, BridgeDeps, BridgeShutdown};
     use wire::auth::Role;
     use wire::bus::{Author, Bus, Delivery, MemoryBus, Origin, Submission, SubmissionKind};
-    use wire::event::{Comment, Event, StreamState, StreamStatus};
+    use wire::event::{StreamState, StreamStatus};
     use wire::inbox::{Answer, RejectCode};
     use wire::ingest::Ingest;
-    use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
-    use wire::store::{
-        Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
-    };
+    use wire::store::Store;
     use wire::streams::StreamDirectory;
     use wire::{StreamId, UserId};
 
-    /// The embedded store, except that a commit can be made to apply and then fail.
-    struct Flaky {
-        inner: EmbeddedStore,
-        fail_after_commit: AtomicBool,
-    }
-
-    #[async_trait]
-    impl Store for Flaky {
-        async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-            self.inner.commit(batch).await?;
-            if self.fail_after_commit.swap(false, Ordering::SeqCst) {
-                return Err(StoreError::Task("request timed out (applied)".into()));
-            }
-            Ok(())
-        }
-        async fn create_stream(&self, s: &StreamState) -> Result<bool, StoreError> {
-            self.inner.create_stream(s).await
-        }
-        async fn update_stream(&self, s: &StreamState, e: u64) -> Result<bool, StoreError> {
-            self.inner.update_stream(s, e).await
-        }
-        async fn get_stream(&self, id: &StreamId) -> Result<Option<StreamState>, StoreError> {
-            self.inner.get_stream(id).await
-        }
-        async fn list_streams(&self) -> Result<Vec<StreamState>, StoreError> {
-            self.inner.list_streams().await
-        }
-        async fn last_seq(&self, s: &StreamId) -> Result<u64, StoreError> {
-            self.inner.last_seq(s).await
-        }
-        async fn find_dedup(&self, k: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError> {
-            self.inner.find_dedup(k).await
-        }
-        async fn has_reported(
-            &self,
-            s: &StreamId,
-            c: &str,
-            u: &UserId,
-        ) -> Result<bool, StoreError> {
-            self.inner.has_reported(s, c, u).await
-        }
-        async fn add_reactions(
-            &self,
-            s: &StreamId,
-            c: &[(String, u64)],
-        ) -> Result<Vec<(String, u64)>, StoreError> {
-            self.inner.add_reactions(s, c).await
-        }
-        async fn reaction_totals(&self, s: &StreamId) -> Result<Vec<(String, u64)>, StoreError> {
-            self.inner.reaction_totals(s).await
-        }
-        async fn set_likes(&self, c: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
-            self.inner.set_likes(c).await
-        }
-        async fn write_likes(&self, c: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
-            self.inner.write_likes(c).await
-        }
-        async fn likers(&self, s: &StreamId, c: &str) -> Result<Option<Vec<UserId>>, StoreError> {
-            self.inner.likers(s, c).await
-        }
-        async fn engagement(
-            &self,
-            s: &StreamId,
-            ids: &[String],
-        ) -> Result<Vec<(u64, u64)>, StoreError> {
-            self.inner.engagement(s, ids).await
-        }
-        async fn replies(
-            &self,
-            s: &StreamId,
-            p: &str,
-            a: u64,
-            l: usize,
-        ) -> Result<Vec<Comment>, StoreError> {
-            self.inner.replies(s, p, a, l).await
-        }
-        async fn find_comment(
-            &self,
-            s: &StreamId,
-            id: &str,
-        ) -> Result<Option<StoredComment>, StoreError> {
-            self.inner.find_comment(s, id).await
-        }
-        async fn replay(
-            &self,
-            s: &StreamId,
-            f: u64,
-            t: u64,
-            a: Option<ReplayCursor>,
-            l: usize,
-        ) -> Result<Vec<Comment>, StoreError> {
-            self.inner.replay(s, f, t, a, l).await
-        }
-        async fn latest(
-            &self,
-            s: &StreamId,
-            f: u64,
-            t: u64,
-            l: usize,
-        ) -> Result<Vec<Comment>, StoreError> {
-            self.inner.latest(s, f, t, l).await
-        }
-        async fn after_seq(
-            &self,
-            s: &StreamId,
-            a: u64,
-            l: usize,
-        ) -> Result<Vec<Event>, StoreError> {
-            self.inner.after_seq(s, a, l).await
-        }
-        async fn put_ban(&self, b: &Ban) -> Result<(), StoreError> {
-            self.inner.put_ban(b).await
-        }
-        async fn delete_ban(&self, u: &UserId, s: &BanScope) -> Result<bool, StoreError> {
-            self.inner.delete_ban(u, s).await
-        }
-        async fn bans_of(&self, u: &[UserId]) -> Result<Vec<Ban>, StoreError> {
-            self.inner.bans_of(u).await
-        }
-        async fn put_queue_item(&self, i: &QueueItem) -> Result<(), StoreError> {
-            self.inner.put_queue_item(i).await
-        }
-        async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
-            self.inner.get_queue_item(id).await
-        }
-        async fn queue_item_for_comment(
-            &self,
-            s: &StreamId,
-            c: &str,
-        ) -> Result<Option<QueueItem>, StoreError> {
-            self.inner.queue_item_for_comment(s, c).await
-        }
-        async fn list_queue(
-            &self,
-            s: Option<&StreamId>,
-            st: Option<QueueStatus>,
-            l: usize,
-        ) -> Result<Vec<QueueItem>, StoreError> {
-            self.inner.list_queue(s, st, l).await
-        }
-        async fn add_strike(&self, u: &UserId, at: i64, w: i64) -> Result<u32, StoreError> {
-            self.inner.add_strike(u, at, w).await
-        }
-        async fn append_audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
-            self.inner.append_audit(e).await
-        }
-        async fn list_audit(
-            &self,
-            s: Option<&StreamId>,
-            b: Option<i64>,
-            l: usize,
-        ) -> Result<Vec<AuditEntry>, StoreError> {
-            self.inner.list_audit(s, b, l).await
-        }
-    }
+    use crate::common::flaky::Flaky;
 
     fn post(cmid: &str) -> Submission {
         Submission {
@@ -538,10 +380,9 @@ mod failed_commit {
     async fn a_comment_stored_by_a_failed_commit_is_published_by_its_retry() {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::common::test_config(dir.path());
-        let store = Arc::new(Flaky {
-            inner: EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
-            fail_after_commit: AtomicBool::new(false),
-        });
+        let store = Arc::new(Flaky::new(
+            EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
+        ));
         let mut live = StreamState::new(StreamId::new("s1").unwrap(), "s1".into(), None, 0);
         live.status = StreamStatus::Live;
         live.started_at = Some(wire::time::now_ms());

@@ -426,27 +426,46 @@ async fn a_cluster_of_processes_survives_its_failures() {
         assert!(Instant::now() < deadline, "node 1 accepts viewers again");
     }
     let mut viewer1 = viewer1.unwrap();
+    // Delivery resumes by itself: posts on node 2 reach the viewer on node 1 again. A comment
+    // published while node 1 was still reconnecting to Redis pub/sub reaches it only through
+    // catch-up (docs/operations.md), so post until one arrives live; every acknowledged one
+    // is stored.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let answer = loop {
-        if let Ok(mut dan) = Client::connect(cluster.mqtt(2, "p4", "dan")).await {
+    let mut acked = BTreeSet::new();
+    let mut live = BTreeMap::new();
+    let mut n = 0;
+    while live.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "delivered across nodes after the restart (acked {acked:?})"
+        );
+        n += 1;
+        if let Ok(mut dan) = Client::connect(cluster.mqtt(2, &format!("p4-{n}"), "dan")).await {
             dan.subscribe("users/dan/inbox").await;
-            dan.post_text("s1", "during", "d1").await;
+            dan.post_text("s1", &format!("during {n}"), &format!("d{n}"))
+                .await;
             if let Some(a) = dan.next_on("users/dan/inbox", Duration::from_secs(3)).await {
                 if a["type"] == "ack" {
-                    break a;
+                    acked.insert(a["seq"].as_u64().unwrap());
+                    live = receive(&mut viewer1, 1, Duration::from_secs(3)).await;
+                    continue;
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "posts accepted again after Redis"
-        );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let got = receive(&mut viewer1, 1, Duration::from_secs(10)).await;
-    assert_eq!(
-        got.keys().copied().collect::<Vec<_>>(),
-        vec![answer["seq"].as_u64().unwrap()],
-        "delivered across nodes after the restart"
+    }
+    assert!(
+        live.keys().all(|seq| acked.contains(seq)),
+        "only acknowledged comments are delivered: {live:?} of {acked:?}"
+    );
+    let stored: BTreeSet<u64> = cluster
+        .stored()
+        .await
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        acked.is_subset(&stored),
+        "every acknowledged comment is stored: {acked:?}"
     );
 }

@@ -1,6 +1,7 @@
 //! A cluster's like sets in Redis (`bridge::likes::RedisLikes`) against a real `redis-server`
 //! and a real store: bridges racing on one comment count each user once, a set lost from
-//! Redis is seeded again from the store, and likes the store refuses are undone in Redis.
+//! Redis is seeded again from the store, and a set whose decisions the store did not take
+//! (refused, or failed with an unknown outcome) is dropped and seeded again.
 
 mod common;
 
@@ -9,13 +10,16 @@ use std::sync::Arc;
 use bridge::likes::{LikeSets, RedisLikes};
 use bridge::store::suite::stored;
 use bridge::store::EmbeddedStore;
+use common::flaky::Flaky;
 use common::redis::RedisServer;
-use wire::store::{Batch, LikeChange, Store, StoredEvent};
+use wire::store::{Batch, DecidedLike, LikeChange, Store, StoredEvent};
 use wire::{StreamId, UserId};
 
 struct Setup {
     _dir: tempfile::TempDir,
     _redis: RedisServer,
+    /// The same store as `store`, to make it fail.
+    flaky: Arc<Flaky>,
     store: Arc<dyn Store>,
     client: redis::Client,
     stream: StreamId,
@@ -24,8 +28,10 @@ struct Setup {
 async fn setup() -> Setup {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap());
+    let flaky = Arc::new(Flaky::new(
+        EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
+    ));
+    let store: Arc<dyn Store> = flaky.clone();
     let stream = StreamId::new("s1").unwrap();
     let author = UserId::new("ann").unwrap();
     let events = (1..=2)
@@ -42,6 +48,7 @@ async fn setup() -> Setup {
         client: redis::Client::open(redis.url()).unwrap(),
         _redis: redis,
         _dir: dir,
+        flaky,
         store,
         stream,
     }
@@ -166,8 +173,11 @@ async fn two_bridges_count_each_user_once_and_a_lost_set_is_seeded_from_the_stor
     );
 
     // A set larger than one seeding command (1 000 users) arrives whole.
-    let many: Vec<LikeChange> = (0..2500)
-        .map(|u| s.like(&format!("m{u}"), "id2", true))
+    let many: Vec<DecidedLike> = (0..2500)
+        .map(|u| DecidedLike {
+            change: s.like(&format!("m{u}"), "id2", true),
+            at_us: 1_000 + u,
+        })
         .collect();
     assert!(s
         .store
@@ -192,7 +202,8 @@ async fn two_bridges_count_each_user_once_and_a_lost_set_is_seeded_from_the_stor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn likes_of_a_comment_removed_after_its_set_was_seeded_are_undone() {
+async fn a_set_whose_decisions_were_not_stored_is_seeded_again_from_the_store() {
+    use std::sync::atomic::Ordering;
     let s = setup().await;
     let a = s.bridge().await;
     assert_eq!(
@@ -201,6 +212,31 @@ async fn likes_of_a_comment_removed_after_its_set_was_seeded_are_undone() {
             .unwrap(),
         vec![Some(1)]
     );
+    // The store applies the next write, then reports a failure (a timeout): the set is
+    // dropped, and the next change sees what the store has.
+    s.flaky.fail_after_write_likes.store(true, Ordering::SeqCst);
+    assert!(a
+        .apply(&*s.store, &[s.like("u1", "id2", true)])
+        .await
+        .is_err());
+    assert_eq!(
+        s.redis("EXISTS", "lc:likes:s1:id2").await,
+        redis::Value::Int(0)
+    );
+    assert_eq!(
+        a.apply(
+            &*s.store,
+            &[s.like("u1", "id2", true), s.like("u2", "id2", true)]
+        )
+        .await
+        .unwrap(),
+        vec![None, Some(3)],
+        "u1's like was stored: seeded from the store, it is not counted twice"
+    );
+    assert_eq!(s.likes_stored("id2").await, 3);
+
+    // The comment is removed while its set lives: Redis takes the next like, the store
+    // refuses it, the set is dropped, and a removed comment gets no new one.
     s.store
         .commit(&Batch {
             events: vec![StoredEvent::Retract {
@@ -216,22 +252,32 @@ async fn likes_of_a_comment_removed_after_its_set_was_seeded_are_undone() {
         })
         .await
         .unwrap();
-    // Redis still has the set and takes the like; the store refuses it; Redis is put back.
     assert_eq!(
         a.apply(
             &*s.store,
-            &[s.like("u1", "id2", true), s.like("u0", "id2", false)]
+            &[s.like("u3", "id2", true), s.like("u0", "id2", false)]
         )
         .await
         .unwrap(),
         vec![None, None]
     );
-    let mut conn = s.client.get_multiplexed_async_connection().await.unwrap();
-    let mut members: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("lc:likes:s1:id2")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    members.sort();
-    assert_eq!(members, vec!["".to_string(), "u0".into()]);
+    assert_eq!(
+        s.redis("EXISTS", "lc:likes:s1:id2").await,
+        redis::Value::Int(0)
+    );
+    assert_eq!(
+        a.apply(&*s.store, &[s.like("u4", "id2", true)])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    assert_eq!(
+        s.redis("EXISTS", "lc:likes:s1:id2").await,
+        redis::Value::Int(0)
+    );
+    assert_eq!(
+        s.likes_stored("id2").await,
+        3,
+        "nothing stored for a removed comment"
+    );
 }

@@ -4,9 +4,13 @@
 //! A cluster: each comment's like set is a Redis set, `{prefix}:likes:{stream}:{comment}`
 //! ([`RedisLikes`]); a Lua script adds or removes users and answers which changes changed
 //! something and the count after each, atomically for every bridge. Only those changes are
-//! then written to the store, with plain writes (no lightweight transaction per like). A set
-//! expires [`LIKE_SET_TTL`] after its last change and is seeded again from the store
-//! ([`Store::likers`]) the next time it is needed; the store stays the durable copy.
+//! then written to the store, with plain writes (no lightweight transaction per like), each
+//! stamped with the time Redis decided it (a per-comment clock, `…:t`, keeps those times
+//! increasing) so that writes from two bridges reaching the store out of order end as
+//! decided. A set expires [`LIKE_SET_TTL`] after its last change and is seeded again from the
+//! store ([`Store::likers`]) the next time it is needed; the store stays the durable copy.
+//! When a decision cannot be stored (the store refused it, or a call failed and its outcome
+//! is unknown), the comment's set is dropped, to be seeded again from the store.
 //!
 //! A set holds the marker member `""` besides the users (user ids are never empty), so a
 //! seeded set with no likers still exists and is told apart from one never seeded.
@@ -15,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use wire::store::{LikeChange, Store, StoreError};
+use wire::store::{DecidedLike, LikeChange, Store, StoreError};
 use wire::StreamId;
 
 use crate::bus::redis::timed;
@@ -59,11 +63,16 @@ impl LikeSets for StoreLikes {
     }
 }
 
-/// Changes one comment's like set. KEYS[1]: the set; ARGV[1]: TTL in ms; ARGV[2..]: `+user`
-/// (like) or `-user` (unlike). Nil when the set does not exist (seed it first); otherwise,
-/// per change, the count after it, or -1 when it changed nothing.
+/// Changes one comment's like set. KEYS[1]: the set; KEYS[2]: its clock (the last decision's
+/// time, µs); ARGV[1]: TTL in ms; ARGV[2..]: `+user` (like) or `-user` (unlike). Nil when the
+/// set does not exist (seed it first); otherwise two numbers per change: the count after it
+/// and the time of the decision, or -1 and 0 when it changed nothing.
 const APPLY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local now = redis.call('TIME')
+local t = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if t <= last then t = last + 1 end
 local out = {}
 for i = 2, #ARGV do
   local user = string.sub(ARGV[i], 2)
@@ -73,9 +82,17 @@ for i = 2, #ARGV do
   else
     changed = redis.call('SREM', KEYS[1], user)
   end
-  if changed == 1 then out[#out + 1] = redis.call('SCARD', KEYS[1]) - 1 else out[#out + 1] = -1 end
+  if changed == 1 then
+    out[#out + 1] = redis.call('SCARD', KEYS[1]) - 1
+    out[#out + 1] = t
+    t = t + 1
+  else
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], string.format('%.0f', t - 1), 'PX', ARGV[1])
 return out
 ";
 
@@ -121,14 +138,18 @@ impl RedisLikes {
         format!("{}:likes:{stream}:{comment_id}", self.prefix)
     }
 
-    /// Runs [`APPLY`] on one comment's set; `None` when the set is not seeded.
+    /// Runs [`APPLY`] on one comment's set: per change, the count after it and the time of
+    /// the decision (-1 and 0: no change); `None` when the set is not seeded.
     async fn change(
         &self,
         key: &str,
         changes: &[&LikeChange],
     ) -> Result<Option<Vec<i64>>, LikeError> {
         let mut invocation = self.apply.prepare_invoke();
-        invocation.key(key).arg(LIKE_SET_TTL.as_millis() as u64);
+        invocation
+            .key(key)
+            .key(format!("{key}:t"))
+            .arg(LIKE_SET_TTL.as_millis() as u64);
         for ch in changes {
             let op = if ch.like { '+' } else { '-' };
             invocation.arg(format!("{op}{}", ch.user));
@@ -172,17 +193,53 @@ impl RedisLikes {
         Ok(true)
     }
 
-    /// Undoes changes Redis applied but the store did not take (best effort, newest first).
-    async fn undo(&self, key: &str, changes: &[&LikeChange]) {
-        let mut pipe = redis::pipe();
-        for ch in changes.iter().rev() {
-            let cmd = if ch.like { "SREM" } else { "SADD" };
-            pipe.cmd(cmd).arg(key).arg(ch.user.as_str()).ignore();
+    /// Drops sets whose decisions were not stored, or whose last call has an unknown
+    /// outcome: the next change seeds them from the store again (best effort).
+    async fn forget(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
         }
         let mut conn = self.conn.clone();
-        if let Err(e) = timed(pipe.query_async::<()>(&mut conn)).await {
-            tracing::warn!(error = %e, %key, "undoing like changes failed; the set is rebuilt from the store when it expires");
+        let mut del = redis::cmd("DEL");
+        del.arg(keys);
+        if let Err(e) = timed(del.query_async::<()>(&mut conn)).await {
+            tracing::warn!(error = %e, count = keys.len(), "dropping like sets failed; they are seeded again when they expire");
         }
+    }
+
+    /// Decides `changes` in Redis, comment by comment: `(index, count after, time)` of each
+    /// change that changed something. `touched` gets every set a call went to, first.
+    async fn decide(
+        &self,
+        store: &dyn Store,
+        changes: &[LikeChange],
+        touched: &mut Vec<String>,
+    ) -> Result<Vec<(usize, u64, i64)>, LikeError> {
+        let mut decided = Vec::new();
+        for (stream, cid, idxs) in wire::store::likes_by_comment(changes) {
+            let key = self.key(stream, cid);
+            touched.push(key.clone());
+            let group: Vec<&LikeChange> = idxs.iter().map(|&i| &changes[i]).collect();
+            let answer = match self.change(&key, &group).await? {
+                Some(a) => a,
+                None => {
+                    if !self.seed(store, &key, stream, cid).await? {
+                        continue;
+                    }
+                    match self.change(&key, &group).await? {
+                        Some(a) => a,
+                        // Expired between seeding and use: a day untouched, so never.
+                        None => continue,
+                    }
+                }
+            };
+            for (&i, pair) in idxs.iter().zip(answer.chunks_exact(2)) {
+                if let Ok(n) = u64::try_from(pair[0]) {
+                    decided.push((i, n, pair[1]));
+                }
+            }
+        }
+        Ok(decided)
     }
 }
 
@@ -194,78 +251,48 @@ impl LikeSets for RedisLikes {
         changes: &[LikeChange],
     ) -> Result<Vec<Option<u64>>, LikeError> {
         let mut out = vec![None; changes.len()];
-        let groups = wire::store::likes_by_comment(changes);
-        // Decide in Redis, comment by comment.
-        let mut decided: Vec<(String, usize, u64)> = Vec::new();
-        for (stream, cid, idxs) in groups {
-            let key = self.key(stream, cid);
-            let group: Vec<&LikeChange> = idxs.iter().map(|&i| &changes[i]).collect();
-            let counts = match self.change(&key, &group).await? {
-                Some(c) => c,
-                None => {
-                    if !self.seed(store, &key, stream, cid).await? {
-                        continue;
-                    }
-                    match self.change(&key, &group).await? {
-                        Some(c) => c,
-                        // Expired between seeding and use: a day untouched, so never.
-                        None => continue,
-                    }
-                }
-            };
-            for (&i, n) in idxs.iter().zip(counts) {
-                if let Ok(n) = u64::try_from(n) {
-                    decided.push((key.clone(), i, n));
-                }
+        let mut touched = Vec::new();
+        let decided = match self.decide(store, changes, &mut touched).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Earlier comments' decisions would not be stored, and the failed call may
+                // have run: their sets start again from the store.
+                self.forget(&touched).await;
+                return Err(e);
             }
-        }
+        };
         if decided.is_empty() {
             return Ok(out);
         }
-        let effective: Vec<LikeChange> = decided
+        let effective: Vec<DecidedLike> = decided
             .iter()
-            .map(|(_, i, _)| changes[*i].clone())
+            .map(|&(i, _, at_us)| DecidedLike {
+                change: changes[i].clone(),
+                at_us,
+            })
             .collect();
         let stored = match store.write_likes(&effective).await {
             Ok(s) => s,
             Err(e) => {
-                self.undo_all(&decided, changes, |_| true).await;
+                // Stored or not, unknown: the store is the truth to seed from.
+                self.forget(&touched).await;
                 return Err(e.into());
             }
         };
-        // A comment removed since its set was seeded: its likes are not stored; undo them.
-        if stored.iter().any(|s| !s) {
-            self.undo_all(&decided, changes, |d| !stored[d]).await;
-        }
-        for (d, (_, i, n)) in decided.into_iter().enumerate() {
-            if stored[d] {
+        // A comment removed since its set was seeded: its likes are not stored.
+        let mut refused: Vec<String> = decided
+            .iter()
+            .zip(&stored)
+            .filter(|(_, ok)| !**ok)
+            .map(|(&(i, _, _), _)| self.key(&changes[i].stream, &changes[i].comment_id))
+            .collect();
+        refused.dedup();
+        self.forget(&refused).await;
+        for ((i, n, _), ok) in decided.into_iter().zip(stored) {
+            if ok {
                 out[i] = Some(n);
             }
         }
         Ok(out)
-    }
-}
-
-impl RedisLikes {
-    /// Undoes the decided changes `which` selects, set by set.
-    async fn undo_all(
-        &self,
-        decided: &[(String, usize, u64)],
-        changes: &[LikeChange],
-        which: impl Fn(usize) -> bool,
-    ) {
-        let mut by_key: Vec<(&str, Vec<&LikeChange>)> = Vec::new();
-        for (d, (key, i, _)) in decided.iter().enumerate() {
-            if !which(d) {
-                continue;
-            }
-            match by_key.last_mut() {
-                Some((k, v)) if *k == key.as_str() => v.push(&changes[*i]),
-                _ => by_key.push((key.as_str(), vec![&changes[*i]])),
-            }
-        }
-        for (key, chs) in by_key {
-            self.undo(key, &chs).await;
-        }
     }
 }

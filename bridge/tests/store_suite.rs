@@ -118,6 +118,47 @@ mod cassandra {
 
     suite!(open_cassandra);
 
+    /// Two bridges decided a like then an unlike (Redis times 1 then 2), and the unlike's
+    /// write arrives first: the row still ends unliked, and the count at zero.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn likes_written_out_of_order_end_as_decided() {
+        use wire::store::{Batch, DecidedLike, LikeChange, StoredEvent};
+        let (_, store) = open_cassandra().await;
+        let ns = Ns::new();
+        let (s1, u) = (ns.stream("s1"), ns.user("u"));
+        let stored = suite::stored(&s1, &u, 1, 10);
+        store
+            .commit(&Batch {
+                events: vec![StoredEvent::Comment(stored)],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let change = |like: bool, at_us: i64| DecidedLike {
+            change: LikeChange {
+                stream: s1.clone(),
+                comment_id: "id1".into(),
+                user: u.clone(),
+                like,
+            },
+            at_us,
+        };
+        let base = 1_763_800_000_000_000;
+        assert_eq!(
+            store.write_likes(&[change(false, base + 2)]).await.unwrap(),
+            vec![true]
+        );
+        assert_eq!(
+            store.write_likes(&[change(true, base + 1)]).await.unwrap(),
+            vec![true]
+        );
+        assert_eq!(store.likers(&s1, "id1").await.unwrap(), Some(vec![]));
+        assert_eq!(
+            store.engagement(&s1, &["id1".into()]).await.unwrap(),
+            vec![(0, 0)]
+        );
+    }
+
     /// What a commit returned `Ok` for is there for another connection, at the configured
     /// consistency.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,8 @@ impl Rules {
     pub fn check(&self, author: &Author, text: &str) -> Option<Hit> {
         let c = &self.config;
         let hit = |rule, action| (action != RuleAction::Off).then_some(Hit { rule, action });
-        // Folded once for the blocklist, repeat and link rules.
+        // Folded once for the blocklist, repeat and link rules (the blocklist's word split
+        // folds its input again: a copy for ASCII, and what it always did otherwise).
         let folded = normalize::fold(text);
         if c.blocklist_action != RuleAction::Off && self.blocked(&folded) {
             return hit(Rule::Blocklist, c.blocklist_action);

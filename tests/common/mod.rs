@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cassandra;
+pub mod flaky;
 pub mod process;
 pub mod redis;
 

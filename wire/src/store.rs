@@ -128,6 +128,17 @@ pub struct LikeChange {
     pub like: bool,
 }
 
+/// A like or unlike that the keeper of the like sets (a cluster's Redis) found to change
+/// something, with the time that orders it among the changes of its comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidedLike {
+    pub change: LikeChange,
+    /// Microseconds since the Unix epoch, increasing per comment in the order the changes
+    /// were decided: the write timestamp of the like's row, so that writes reaching the
+    /// store out of order (from two bridges) still leave the last decision in place.
+    pub at_us: i64,
+}
+
 /// Changes grouped by comment, in order of each comment's first change: `(stream, comment id,
 /// indexes into changes)`. Likes of one comment are decided and counted together.
 pub fn likes_by_comment(changes: &[LikeChange]) -> Vec<(&StreamId, &str, Vec<usize>)> {
@@ -190,10 +201,11 @@ pub trait Store: Send + Sync + 'static {
     /// comment's new like count when it changed.
     async fn set_likes(&self, changes: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError>;
     /// Stores likes and unlikes that a caller keeping the like sets elsewhere (a cluster's
-    /// Redis) has already found to change something, without checking membership again:
-    /// adds or removes the like and moves the comment's count. Returns, per change, whether
-    /// its comment exists and is visible (changes of other comments are not stored).
-    async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError>;
+    /// Redis) has already found to change something: adds or removes the like (as of
+    /// `at_us`) and moves the comment's count, without a transaction to decide membership
+    /// again. Returns, per change, whether its comment exists and is visible (changes of
+    /// other comments are not stored).
+    async fn write_likes(&self, likes: &[DecidedLike]) -> Result<Vec<bool>, StoreError>;
     /// Who likes a comment, to seed a like set kept elsewhere; `None` when the stream has no
     /// visible comment with that id.
     async fn likers(

@@ -193,7 +193,10 @@ mod tests {
         async fn set_likes(&self, _: &[LikeChange]) -> Result<Vec<Option<u64>>, StoreError> {
             unimplemented!()
         }
-        async fn write_likes(&self, _: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
+        async fn write_likes(
+            &self,
+            _: &[crate::store::DecidedLike],
+        ) -> Result<Vec<bool>, StoreError> {
             unimplemented!()
         }
         async fn likers(

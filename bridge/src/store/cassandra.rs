@@ -67,8 +67,8 @@ use serde::{Deserialize, Serialize};
 use wire::event::{Comment, Event, Restoration, Retraction, StreamState};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 use wire::store::{
-    Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
-    StoredEvent, Visibility,
+    Batch, DecidedLike, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError,
+    StoredComment, StoredEvent, Visibility,
 };
 use wire::{StreamId, UserId};
 
@@ -1662,11 +1662,15 @@ impl Store for CassandraStore {
     }
 
     /// Plain writes: whoever decided (a cluster's like sets in Redis) made "once per user"
-    /// hold, so the lightweight transactions of [`Store::set_likes`] are not needed. Per
-    /// comment, only each user's last change reaches the rows (so they can go concurrently);
-    /// the counter moves by the changes' net sum.
-    async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
+    /// hold, so the lightweight transactions of [`Store::set_likes`] are not needed. Rows are
+    /// written `USING TIMESTAMP` the decision's time, so a like and an unlike written by two
+    /// bridges in the wrong order still end as decided. Per comment, only each user's last
+    /// change reaches the rows (so they can go concurrently); the counter moves by the
+    /// changes' net sum.
+    async fn write_likes(&self, likes: &[DecidedLike]) -> Result<Vec<bool>, StoreError> {
         let me = &self.inner;
+        let changes: Vec<LikeChange> = likes.iter().map(|l| l.change.clone()).collect();
+        let changes = changes.as_slice();
         let groups = wire::store::likes_by_comment(changes);
         let work: Vec<_> = groups
             .into_iter()
@@ -1675,22 +1679,21 @@ impl Store for CassandraStore {
                     return Ok::<_, CassError>(Vec::new());
                 };
                 let s = stream.as_str();
-                let mut last: HashMap<&str, bool> = HashMap::new();
+                let mut last: HashMap<&str, (bool, i64)> = HashMap::new();
                 let mut delta = 0_i64;
                 for &i in &idxs {
                     let ch = &changes[i];
-                    last.insert(ch.user.as_str(), ch.like);
+                    last.insert(ch.user.as_str(), (ch.like, likes[i].at_us));
                     delta += if ch.like { 1 } else { -1 };
                 }
                 let rows: Vec<_> = last
                     .into_iter()
-                    .map(|(user, like)| {
-                        let st = if like {
-                            &me.st.put_like
+                    .map(|(user, (like, at))| async move {
+                        if like {
+                            me.exec(&me.st.put_like, (s, cid, user, at)).await
                         } else {
-                            &me.st.delete_like
-                        };
-                        me.exec(st, (s, cid, user))
+                            me.exec(&me.st.delete_like, (at, s, cid, user)).await
+                        }
                     })
                     .collect();
                 futures_util::stream::iter(rows)

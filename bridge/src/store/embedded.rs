@@ -39,8 +39,8 @@ use serde::de::DeserializeOwned;
 use wire::event::{Comment, Event, Restoration, Retraction, StreamState};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 use wire::store::{
-    Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
-    StoredEvent, Visibility,
+    Batch, DecidedLike, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError,
+    StoredComment, StoredEvent, Visibility,
 };
 use wire::{StreamId, UserId};
 
@@ -846,10 +846,10 @@ impl Store for EmbeddedStore {
         Ok(applied.into_iter().map(|(_, n)| n).collect())
     }
 
-    /// The same transaction as [`Store::set_likes`]: with one writer, this file is the only
-    /// copy of the like sets, and membership here agrees with whoever decided.
-    async fn write_likes(&self, changes: &[LikeChange]) -> Result<Vec<bool>, StoreError> {
-        let changes = changes.to_vec();
+    /// The same transaction as [`Store::set_likes`] (it checks membership, which here costs
+    /// nothing): one process writes this file, in the order the changes were decided.
+    async fn write_likes(&self, likes: &[DecidedLike]) -> Result<Vec<bool>, StoreError> {
+        let changes: Vec<LikeChange> = likes.iter().map(|l| l.change.clone()).collect();
         let applied = self.write(move |tx| apply_likes(tx, &changes)).await?;
         Ok(applied.into_iter().map(|(visible, _)| visible).collect())
     }

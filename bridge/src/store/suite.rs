@@ -17,8 +17,8 @@ use wire::bus::Author;
 use wire::event::{Comment, Event, StreamState, StreamStatus, UserRef};
 use wire::moderation::{AuditEntry, Ban, BanScope, HeldPost, QueueItem, QueueKind, QueueStatus};
 use wire::store::{
-    Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
-    StoredEvent, Visibility,
+    Batch, DecidedLike, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError,
+    StoredComment, StoredEvent, Visibility,
 };
 use wire::{StreamId, UserId};
 
@@ -847,7 +847,15 @@ pub async fn likes_written_as_decided(store: Shared, ns: &Ns) {
     )
     .await
     .unwrap();
-    let like = |user: &UserId, id: &str, like: bool| like_change(&s1, user, id, like);
+    // Decision times, increasing as a cluster's Redis hands them out.
+    let clock = std::cell::Cell::new(1_763_800_000_000_000_i64);
+    let like = |user: &UserId, id: &str, like: bool| {
+        clock.set(clock.get() + 1);
+        DecidedLike {
+            change: like_change(&s1, user, id, like),
+            at_us: clock.get(),
+        }
+    };
     assert_eq!(
         store.likers(&s1, "id1").await.unwrap(),
         Some(vec![]),

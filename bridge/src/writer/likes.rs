@@ -1,5 +1,6 @@
-//! Likes of comments: once per user per comment, stored durably in one transaction per run
-//! of likes; new counts go to the nodes, which add them to the next reactions frame.
+//! Likes of comments: once per user per comment, decided by the deps' like sets (the store's
+//! transaction for one bridge, Redis for a cluster's) and stored durably before new counts go
+//! to the nodes, which add them to the next reactions frame.
 
 use std::collections::BTreeMap;
 

@@ -543,11 +543,13 @@ impl Statements {
             ))
             .await?,
             put_like: q(format!(
-                "INSERT INTO {ks}.likes (stream, comment_id, user_id) VALUES (?, ?, ?)"
+                "INSERT INTO {ks}.likes (stream, comment_id, user_id) VALUES (?, ?, ?) \
+                 USING TIMESTAMP ?"
             ))
             .await?,
             delete_like: q(format!(
-                "DELETE FROM {ks}.likes WHERE stream = ? AND comment_id = ? AND user_id = ?"
+                "DELETE FROM {ks}.likes USING TIMESTAMP ? \
+                 WHERE stream = ? AND comment_id = ? AND user_id = ?"
             ))
             .await?,
             likers: scan(
