@@ -330,117 +330,48 @@ mod failed_commit {
     //! embedded store behind a wrapper that can do exactly that.
 
     use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    use std::time::Duration;
 
-    use bridge::claims::LocalClaims;
-    use bridge::store::EmbeddedStore;
-    use bridge::{Bridge, BridgeDeps, BridgeShutdown};
-    use wire::auth::Role;
-    use wire::bus::{Author, Bus, Delivery, MemoryBus, Origin, Submission, SubmissionKind};
-    use wire::event::{StreamState, StreamStatus};
     use wire::inbox::{Answer, RejectCode};
     use wire::ingest::Ingest;
-    use wire::store::Store;
-    use wire::streams::StreamDirectory;
-    use wire::{StreamId, UserId};
 
-    use crate::common::flaky::Flaky;
-
-    fn post(cmid: &str) -> Submission {
-        Submission {
-            kind: SubmissionKind::Post,
-            stream: StreamId::new("s1").unwrap(),
-            author: Author {
-                id: UserId::new("ann").unwrap(),
-                name: "ann".into(),
-                role: Role::Viewer,
-                subscriber: false,
-            },
-            payload: serde_json::json!({"text": format!("hello {cmid}"), "client_msg_id": cmid})
-                .to_string()
-                .into(),
-            origin: Origin::Http,
-            received_at_ms: wire::time::now_ms(),
-        }
-    }
-
-    /// The seqs of the stream events published until nothing comes for a while.
-    async fn published(rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Vec<u64> {
-        let mut seqs = Vec::new();
-        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-            if let Delivery::Stream { seq, .. } = d {
-                seqs.push(seq);
-            }
-        }
-        seqs
-    }
+    use crate::common::flaky::{post, FlakyBridge};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_comment_stored_by_a_failed_commit_is_published_by_its_retry() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::common::test_config(dir.path());
-        let store = Arc::new(Flaky::new(
-            EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
-        ));
-        let mut live = StreamState::new(StreamId::new("s1").unwrap(), "s1".into(), None, 0);
-        live.status = StreamStatus::Live;
-        live.started_at = Some(wire::time::now_ms());
-        assert!(store.create_stream(&live).await.unwrap());
-        let bus = Arc::new(MemoryBus::new(1024));
-        let mut deliveries = bus.take_deliveries().unwrap();
-        let shutdown = BridgeShutdown::default();
-        let (bridge, tasks) = Bridge::start(
-            config.bridge.clone(),
-            BridgeDeps {
-                store: store.clone(),
-                bus: bus.clone(),
-                streams: StreamDirectory::new(store.clone()),
-                moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
-                accepted: None,
-                sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
-                limits: Arc::new(bridge::limits::LocalLimits::new(0, Duration::from_secs(1))),
-                claims: Arc::new(LocalClaims::default()),
-                likes: Arc::new(bridge::likes::StoreLikes),
-            },
-            shutdown.clone(),
-        )
-        .unwrap();
+        let mut b = FlakyBridge::start().await;
+        let bridge = b.bridge.clone();
 
         let Ok(Answer::Accepted(a1)) = bridge.submit(post("a1")).await else {
             panic!("a1 accepted")
         };
-        assert_eq!(published(&mut deliveries).await, [a1.seq]);
+        assert_eq!(b.published().await, [a1.seq]);
 
         // x1's commit applies, then reports a failure: the poster is told to retry and
         // nothing is published.
-        store.fail_after_commit.store(true, Ordering::SeqCst);
+        b.store.fail_after_commit.store(true, Ordering::SeqCst);
         let refused = bridge.submit(post("x1")).await.unwrap_err();
         assert_eq!(refused.code, RejectCode::Unavailable);
-        assert!(published(&mut deliveries).await.is_empty());
+        assert!(b.published().await.is_empty());
 
         // The retry finds x1 stored: acknowledged with it, and published now.
         let Ok(Answer::Accepted(x1)) = bridge.submit(post("x1")).await else {
             panic!("x1 accepted on retry")
         };
         assert_eq!(x1.seq, a1.seq + 1);
-        assert_eq!(published(&mut deliveries).await, [x1.seq]);
+        assert_eq!(b.published().await, [x1.seq]);
         // Only once.
         let Ok(Answer::Accepted(again)) = bridge.submit(post("x1")).await else {
             panic!("x1 accepted again")
         };
         assert_eq!(again, x1);
-        assert!(published(&mut deliveries).await.is_empty());
+        assert!(b.published().await.is_empty());
         // Numbering goes on after it.
         let a2 = match bridge.submit(post("a2")).await {
             Ok(Answer::Accepted(a)) => a,
             other => panic!("a2 accepted: {other:?}"),
         };
         assert_eq!(a2.seq, x1.seq + 1);
-        assert_eq!(published(&mut deliveries).await, [a2.seq]);
-
-        shutdown.consumer.cancel();
-        shutdown.writer.cancel();
-        let _ = tasks.writer.await;
+        assert_eq!(b.published().await, [a2.seq]);
+        b.stop().await;
     }
 }

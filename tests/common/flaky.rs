@@ -1,14 +1,24 @@
-//! A store that fails on demand, for tests of what the write path does about it.
+//! A store that fails or stalls on demand, for tests of what the write path does about it,
+//! and a bridge on it (in this process, on the in-memory bus).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bridge::claims::LocalClaims;
 use bridge::store::EmbeddedStore;
+use bridge::{Bridge, BridgeDeps, BridgeShutdown, BridgeTasks};
+use tokio::sync::{mpsc, watch};
+use wire::auth::Role;
+use wire::bus::{Author, Bus, Delivery, MemoryBus, Origin, Submission, SubmissionKind};
+use wire::event::StreamStatus;
 use wire::event::{Comment, Event, StreamState};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 use wire::store::{
     Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
 };
+use wire::streams::StreamDirectory;
 use wire::{StreamId, UserId};
 
 /// The embedded store, which can report a failure after it applied a write, as a storage
@@ -17,8 +27,14 @@ pub struct Flaky {
     pub inner: EmbeddedStore,
     /// The next commit is applied, then reported failed.
     pub fail_after_commit: AtomicBool,
+    /// The next commit fails without applying anything.
+    pub fail_commit: AtomicBool,
     /// The next `write_likes` is applied, then reported failed.
     pub fail_after_write_likes: AtomicBool,
+    /// While `true`, commits wait before they start.
+    hold: watch::Sender<bool>,
+    /// Commits waiting for `hold` to end.
+    held: AtomicUsize,
 }
 
 impl Flaky {
@@ -26,14 +42,139 @@ impl Flaky {
         Flaky {
             inner,
             fail_after_commit: AtomicBool::new(false),
+            fail_commit: AtomicBool::new(false),
             fail_after_write_likes: AtomicBool::new(false),
+            hold: watch::Sender::new(false),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    /// Makes commits wait (`true`) until called with `false`.
+    pub fn hold_commits(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+
+    /// Waits until `n` commits wait for [`Flaky::hold_commits`] to end.
+    pub async fn until_held(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + super::WAIT;
+        while self.held.load(Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} commits held in time"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A bridge on a [`Flaky`] store with a live stream `s1`, on the in-memory bus (whose
+/// deliveries the test reads).
+pub struct FlakyBridge {
+    pub store: Arc<Flaky>,
+    pub bridge: Bridge,
+    pub deliveries: mpsc::Receiver<Delivery>,
+    shutdown: BridgeShutdown,
+    tasks: BridgeTasks,
+    _dir: tempfile::TempDir,
+}
+
+impl FlakyBridge {
+    pub async fn start() -> FlakyBridge {
+        use wire::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let config = super::test_config(dir.path());
+        let store = Arc::new(Flaky::new(
+            EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
+        ));
+        let id = wire::StreamId::new("s1").unwrap();
+        let mut live = wire::event::StreamState::new(id, "s1".into(), None, 0);
+        live.status = StreamStatus::Live;
+        live.started_at = Some(wire::time::now_ms());
+        assert!(store.create_stream(&live).await.unwrap());
+        let bus = Arc::new(MemoryBus::new(1024));
+        let deliveries = bus.take_deliveries().unwrap();
+        let shutdown = BridgeShutdown::default();
+        let (bridge, tasks) = Bridge::start(
+            config.bridge.clone(),
+            BridgeDeps {
+                store: store.clone(),
+                bus: bus.clone(),
+                streams: StreamDirectory::new(store.clone()),
+                moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
+                accepted: None,
+                sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
+                limits: Arc::new(bridge::limits::LocalLimits::new(0, Duration::from_secs(1))),
+                claims: Arc::new(LocalClaims::default()),
+                likes: Arc::new(bridge::likes::StoreLikes),
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
+        FlakyBridge {
+            store,
+            bridge,
+            deliveries,
+            shutdown,
+            tasks,
+            _dir: dir,
+        }
+    }
+
+    /// The seqs of the stream events published until nothing comes for a while.
+    pub async fn published(&mut self) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Ok(Some(d)) =
+            tokio::time::timeout(Duration::from_millis(500), self.deliveries.recv()).await
+        {
+            if let Delivery::Stream { seq, .. } = d {
+                seqs.push(seq);
+            }
+        }
+        seqs
+    }
+
+    /// Stops the write path (it stores and answers what it holds first) and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.consumer.cancel();
+        self.shutdown.writer.cancel();
+        tokio::time::timeout(super::WAIT, self.tasks.writer)
+            .await
+            .expect("the writer stopped")
+            .unwrap();
+    }
+}
+
+/// A post by `ann` in `s1` over HTTP, text `hello {cmid}`.
+pub fn post(cmid: &str) -> Submission {
+    Submission {
+        kind: SubmissionKind::Post,
+        stream: wire::StreamId::new("s1").unwrap(),
+        author: Author {
+            id: wire::UserId::new("ann").unwrap(),
+            name: "ann".into(),
+            role: Role::Viewer,
+            subscriber: false,
+        },
+        payload: serde_json::json!({"text": format!("hello {cmid}"), "client_msg_id": cmid})
+            .to_string()
+            .into(),
+        origin: Origin::Http,
+        received_at_ms: wire::time::now_ms(),
     }
 }
 
 #[async_trait]
 impl Store for Flaky {
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if *self.hold.borrow() {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let mut rx = self.hold.subscribe();
+            let _ = rx.wait_for(|hold| !hold).await;
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        if self.fail_commit.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Backend("unavailable (not applied)".into()));
+        }
         self.inner.commit(batch).await?;
         if self.fail_after_commit.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Task("request timed out (applied)".into()));
