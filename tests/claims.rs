@@ -334,7 +334,8 @@ mod failed_commit {
     use wire::inbox::{Answer, RejectCode};
     use wire::ingest::Ingest;
 
-    use crate::common::flaky::{post, FlakyBridge};
+    use crate::common::flaky::FlakyBridge;
+    use crate::common::post;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_comment_stored_by_a_failed_commit_is_published_by_its_retry() {

@@ -13,19 +13,6 @@ use livecomments::config::{BusBackend, ClusterRole};
 use serde_json::{json, Value};
 use wire::auth::Role;
 
-/// Events (comments, retractions) of `stream`'s frames until `n` or nothing more comes.
-async fn collect(viewer: &mut Client, stream: &str, n: usize) -> Vec<Value> {
-    let topic = format!("streams/{stream}/comments");
-    let mut got = Vec::new();
-    while got.len() < n {
-        let Some(frame) = viewer.next_on(&topic, WAIT).await else {
-            break;
-        };
-        got.extend(frame["events"].as_array().cloned().unwrap_or_default());
-    }
-    got
-}
-
 fn on_redis(c: &mut livecomments::config::AppConfig, redis: &RedisServer) {
     c.bus.backend = BusBackend::Redis;
     c.bus.redis.url = redis.url();
@@ -93,7 +80,7 @@ async fn comments_flow_through_redis_and_cassandra() {
         acks.push(a);
     }
     assert_eq!(seqs(&acks), (1..=10).collect::<Vec<_>>());
-    let got = collect(&mut viewer, "s1", 10).await;
+    let got = viewer.events("s1", 10).await;
     assert_eq!(seqs(&got), (1..=10).collect::<Vec<_>>());
 
     // A retry (same client_msg_id) gets the first answer and stores nothing new.
@@ -123,7 +110,7 @@ async fn comments_flow_through_redis_and_cassandra() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let ev = collect(&mut viewer, "s1", 1).await;
+    let ev = viewer.events("s1", 1).await;
     assert_eq!(
         (ev[0]["type"].as_str(), ev[0]["id"].as_str()),
         (Some("retract"), Some(id.as_str()))
@@ -203,7 +190,7 @@ async fn a_broker_node_and_a_bridge_process_share_redis_and_cassandra() {
             "{a}"
         );
     }
-    let got = collect(&mut viewer, "s1", 5).await;
+    let got = viewer.events("s1", 5).await;
     assert_eq!(seqs(&got), (1..=5).collect::<Vec<_>>());
     let stored = replay(&sys, "s1").await;
     assert_eq!(texts(&stored), ["c0", "c1", "c2", "c3", "c4"]);
@@ -218,7 +205,7 @@ async fn a_broker_node_and_a_bridge_process_share_redis_and_cassandra() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let ev = collect(&mut viewer, "s1", 1).await;
+    let ev = viewer.events("s1", 1).await;
     assert_eq!(
         (ev[0]["type"].as_str(), ev[0]["seq"].as_u64()),
         (Some("retract"), Some(6))

@@ -14,7 +14,6 @@ use livecomments::config::BusBackend;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use wire::auth::Role;
-use wire::bus::{Author, Origin, Submission, SubmissionKind};
 use wire::ingest::Ingest;
 use wire::moderation::Action;
 
@@ -32,18 +31,6 @@ async fn system_with(redis: &RedisServer, rate_limit_count: u32) -> System {
         c.bridge.rate_limit_count = rate_limit_count;
     })
     .await
-}
-
-/// Events (comments, retractions) of s1's frames until `n` or nothing more comes.
-async fn collect(viewer: &mut Client, n: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let Some(frame) = viewer.next_on("streams/s1/comments", WAIT).await else {
-            break;
-        };
-        got.extend(frame["events"].as_array().cloned().unwrap_or_default());
-    }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +60,7 @@ async fn comments_reach_viewers_in_order_through_redis() {
         let a = poster.inbox("ann").await;
         assert_eq!(a["type"], "ack", "{a}");
     }
-    let got = collect(&mut viewer, 50).await;
+    let got = viewer.events("s1", 50).await;
     assert_eq!(seqs(&got), (1..=50).collect::<Vec<_>>());
 
     // A moderator's retraction follows the same path.
@@ -87,7 +74,7 @@ async fn comments_reach_viewers_in_order_through_redis() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let ev = collect(&mut viewer, 1).await;
+    let ev = viewer.events("s1", 1).await;
     assert_eq!(ev[0]["type"], "retract");
     assert_eq!(ev[0]["seq"], 51);
     sys.stop().await;
@@ -118,30 +105,15 @@ async fn a_process_without_a_write_path_calls_one_over_redis() {
     .await
     .unwrap();
     let remote = bridge::remote::RemoteIngest::new(Arc::new(bus));
-    let submission = |cmid: &str| Submission {
-        kind: SubmissionKind::Post,
-        stream: wire::StreamId::new("s1").unwrap(),
-        author: Author {
-            id: wire::UserId::new("ann").unwrap(),
-            name: "ann".into(),
-            role: Role::Viewer,
-            subscriber: false,
-        },
-        payload: json!({"text": "from afar", "client_msg_id": cmid})
-            .to_string()
-            .into(),
-        origin: Origin::Http,
-        received_at_ms: wire::time::now_ms(),
-    };
-    let first = remote.submit(submission("r1")).await.expect("accepted");
+    let first = remote.submit(common::post("r1")).await.expect("accepted");
     let again = remote
-        .submit(submission("r1"))
+        .submit(common::post("r1"))
         .await
         .expect("the same answer");
     assert_eq!(first, again, "a retry is answered from the de-duplication");
-    let got = collect(&mut viewer, 1).await;
+    let got = viewer.events("s1", 1).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0]["text"], "from afar");
+    assert_eq!(got[0]["text"], "hello r1");
 
     let outcome = remote
         .act(Action::Retract {
@@ -154,7 +126,7 @@ async fn a_process_without_a_write_path_calls_one_over_redis() {
         .await
         .expect("retracted");
     assert!(outcome.changed);
-    assert_eq!(collect(&mut viewer, 1).await[0]["type"], "retract");
+    assert_eq!(viewer.events("s1", 1).await[0]["type"], "retract");
     stop.cancel();
     sys.stop().await;
 }
@@ -170,7 +142,7 @@ async fn a_redis_restart_rejects_posts_retryably_then_delivery_resumes() {
     poster.subscribe("users/ann/inbox").await;
     poster.post_text("s1", "before", "m1").await;
     assert_eq!(poster.inbox("ann").await["type"], "ack");
-    assert_eq!(collect(&mut viewer, 1).await[0]["text"], "before");
+    assert_eq!(viewer.events("s1", 1).await[0]["text"], "before");
 
     let (code, ready) = sys.get_json("/readyz").await;
     assert_eq!((code, ready["bus"].as_str()), (200, Some("ok")), "{ready}");
@@ -208,7 +180,7 @@ async fn a_redis_restart_rejects_posts_retryably_then_delivery_resumes() {
     assert_eq!(answer["type"], "ack", "{answer}");
     assert_eq!(answer["seq"], 2, "numbering resumes from the store");
     assert_eq!(sys.get_json("/readyz").await.0, 200, "ready again");
-    let got = collect(&mut viewer, 1).await;
+    let got = viewer.events("s1", 1).await;
     assert_eq!(got.len(), 1, "the viewer's node resubscribed");
     assert_eq!(got[0]["text"], "during");
     sys.stop().await;

@@ -8,7 +8,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::flaky::{post, FlakyBridge};
+use common::flaky::FlakyBridge;
+use common::post;
 use wire::event::Event;
 use wire::inbox::{Accepted, Answer, Outcome, RejectCode};
 use wire::ingest::Ingest;

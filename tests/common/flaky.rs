@@ -10,8 +10,7 @@ use bridge::claims::LocalClaims;
 use bridge::store::EmbeddedStore;
 use bridge::{Bridge, BridgeDeps, BridgeShutdown, BridgeTasks};
 use tokio::sync::{mpsc, watch};
-use wire::auth::Role;
-use wire::bus::{Author, Bus, Delivery, MemoryBus, Origin, Submission, SubmissionKind};
+use wire::bus::{Bus, Delivery, MemoryBus};
 use wire::event::StreamStatus;
 use wire::event::{Comment, Event, StreamState};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
@@ -141,25 +140,6 @@ impl FlakyBridge {
             .await
             .expect("the writer stopped")
             .unwrap();
-    }
-}
-
-/// A post by `ann` in `s1` over HTTP, text `hello {cmid}`.
-pub fn post(cmid: &str) -> Submission {
-    Submission {
-        kind: SubmissionKind::Post,
-        stream: wire::StreamId::new("s1").unwrap(),
-        author: Author {
-            id: wire::UserId::new("ann").unwrap(),
-            name: "ann".into(),
-            role: Role::Viewer,
-            subscriber: false,
-        },
-        payload: serde_json::json!({"text": format!("hello {cmid}"), "client_msg_id": cmid})
-            .to_string()
-            .into(),
-        origin: Origin::Http,
-        received_at_ms: wire::time::now_ms(),
     }
 }
 

@@ -357,6 +357,20 @@ impl Client {
         found
     }
 
+    /// Events of any type received on `streams/{stream}/comments` until `n` arrived, or
+    /// fewer when no frame comes for [`WAIT`].
+    pub async fn events(&mut self, stream: &str, n: usize) -> Vec<Value> {
+        let topic = format!("streams/{stream}/comments");
+        let mut got = Vec::new();
+        while got.len() < n {
+            let Some(frame) = self.next_on(&topic, WAIT).await else {
+                break;
+            };
+            got.extend(frame["events"].as_array().cloned().unwrap_or_default());
+        }
+        got
+    }
+
     /// Comment events received on `streams/{stream}/comments` until `n` arrived or `wait`
     /// passed; also returns how many frames carried them.
     pub async fn comments(
@@ -458,4 +472,23 @@ pub fn seqs(events: &[Value]) -> Vec<u64> {
         .iter()
         .map(|e| e["seq"].as_u64().expect("seq"))
         .collect()
+}
+
+/// A post by `ann` in `s1` over HTTP, text `hello {cmid}`.
+pub fn post(cmid: &str) -> wire::bus::Submission {
+    wire::bus::Submission {
+        kind: wire::bus::SubmissionKind::Post,
+        stream: wire::StreamId::new("s1").unwrap(),
+        author: wire::bus::Author {
+            id: wire::UserId::new("ann").unwrap(),
+            name: "ann".into(),
+            role: Role::Viewer,
+            subscriber: false,
+        },
+        payload: serde_json::json!({"text": format!("hello {cmid}"), "client_msg_id": cmid})
+            .to_string()
+            .into(),
+        origin: wire::bus::Origin::Http,
+        received_at_ms: wire::time::now_ms(),
+    }
 }
