@@ -1,7 +1,7 @@
 //! A store that fails or stalls on demand, for tests of what the write path does about it,
 //! and a bridge on it (in this process, on the in-memory bus).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,7 @@ use bridge::store::EmbeddedStore;
 use bridge::{Bridge, BridgeDeps, BridgeShutdown, BridgeTasks};
 use tokio::sync::{mpsc, watch};
 use wire::bus::{Bus, Delivery, MemoryBus};
-use wire::event::StreamStatus;
-use wire::event::{Comment, Event, StreamState};
+use wire::event::{Comment, Event, StreamState, StreamStatus};
 use wire::moderation::{AuditEntry, Ban, BanScope, QueueItem, QueueStatus};
 use wire::store::{
     Batch, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError, StoredComment,
@@ -32,8 +31,8 @@ pub struct Flaky {
     pub fail_after_write_likes: AtomicBool,
     /// While `true`, commits wait before they start.
     hold: watch::Sender<bool>,
-    /// Commits waiting for `hold` to end.
-    held: AtomicUsize,
+    /// How many commits wait for `hold` to end.
+    held: watch::Sender<usize>,
 }
 
 impl Flaky {
@@ -44,7 +43,7 @@ impl Flaky {
             fail_commit: AtomicBool::new(false),
             fail_after_write_likes: AtomicBool::new(false),
             hold: watch::Sender::new(false),
-            held: AtomicUsize::new(0),
+            held: watch::Sender::new(0),
         }
     }
 
@@ -55,14 +54,11 @@ impl Flaky {
 
     /// Waits until `n` commits wait for [`Flaky::hold_commits`] to end.
     pub async fn until_held(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + super::WAIT;
-        while self.held.load(Ordering::SeqCst) < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{n} commits held in time"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut held = self.held.subscribe();
+        tokio::time::timeout(super::WAIT, held.wait_for(|h| *h >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} commits held in time"))
+            .unwrap();
     }
 }
 
@@ -79,14 +75,13 @@ pub struct FlakyBridge {
 
 impl FlakyBridge {
     pub async fn start() -> FlakyBridge {
-        use wire::store::Store;
         let dir = tempfile::tempdir().unwrap();
         let config = super::test_config(dir.path());
         let store = Arc::new(Flaky::new(
             EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap(),
         ));
-        let id = wire::StreamId::new("s1").unwrap();
-        let mut live = wire::event::StreamState::new(id, "s1".into(), None, 0);
+        let id = StreamId::new("s1").unwrap();
+        let mut live = StreamState::new(id, "s1".into(), None, 0);
         live.status = StreamStatus::Live;
         live.started_at = Some(wire::time::now_ms());
         assert!(store.create_stream(&live).await.unwrap());
@@ -147,10 +142,10 @@ impl FlakyBridge {
 impl Store for Flaky {
     async fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         if *self.hold.borrow() {
-            self.held.fetch_add(1, Ordering::SeqCst);
+            self.held.send_modify(|h| *h += 1);
             let mut rx = self.hold.subscribe();
             let _ = rx.wait_for(|hold| !hold).await;
-            self.held.fetch_sub(1, Ordering::SeqCst);
+            self.held.send_modify(|h| *h -= 1);
         }
         if self.fail_commit.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Backend("unavailable (not applied)".into()));
