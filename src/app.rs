@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bridge::bus::redis::{RedisBus, RedisBusConfig};
 use bridge::remote::RemoteIngest;
-use bridge::store::{CassandraStore, EmbeddedStore};
+use bridge::store::{CassandraStore, EmbeddedOptions, EmbeddedStore};
 use bridge::{Bridge, BridgeDeps, BridgeShutdown};
 use broker::{BrokerDeps, Node, NodeShutdown};
 use playback_api::AppState;
@@ -85,7 +85,12 @@ pub async fn start(config: AppConfig) -> anyhow::Result<Running> {
     let store: Arc<dyn Store> = match config.store.backend {
         StoreBackend::Embedded => {
             let path = config.store_path();
-            let store = EmbeddedStore::open(&path, config.store.quick_repair)
+            let options = EmbeddedOptions {
+                quick_repair: config.store.quick_repair,
+                dedup_window: Duration::from_secs(config.store.dedup_window_s),
+                dedup_max_entries: config.store.dedup_max_entries,
+            };
+            let store = EmbeddedStore::open_with(&path, options)
                 .with_context(|| format!("opening the store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "embedded store open");
             Arc::new(store)

@@ -118,6 +118,10 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Instant reopen after a crash at the cost of a second fsync per commit.
     pub quick_repair: bool,
+    /// Embedded only: a retry of a post stored this many seconds ago still gets its answer...
+    pub dedup_window_s: u64,
+    /// ... unless this many newer posts were stored since (memory: about 60 bytes each).
+    pub dedup_max_entries: usize,
     /// `[store.cassandra]`, used when `backend = "cassandra"`; every key has a default.
     #[serde(default)]
     pub cassandra: CassandraConfig,
@@ -234,6 +238,13 @@ impl AppConfig {
             if let Err(e) = self.store.cassandra.validate() {
                 errors.push(e);
             }
+        }
+        if self.store.dedup_window_s == 0 || self.store.dedup_max_entries == 0 {
+            errors.push(
+                "store.dedup_window_s and store.dedup_max_entries must be at least 1 \
+                 (retries of posts would not be recognised)"
+                    .into(),
+            );
         }
         if self.bus.queue_capacity == 0 {
             errors.push("bus.queue_capacity must be at least 1".into());

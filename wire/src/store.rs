@@ -175,7 +175,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Highest `seq` stored for the stream (0 when none), to continue numbering after a restart.
     async fn last_seq(&self, stream: &StreamId) -> Result<u64, StoreError>;
-    /// Looks up earlier submissions with the same keys, in order.
+    /// Looks up earlier submissions with the same keys, in order. A store may forget stored
+    /// posts after a documented window (the embedded store keeps recent keys in memory).
     async fn find_dedup(&self, keys: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError>;
     /// Stores a batch durably, all or nothing: comments with their indexes (comments of
     /// shadow-banned users apart from the stream's log), retractions and restorations with the

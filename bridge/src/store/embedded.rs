@@ -10,7 +10,9 @@
 //! - `streams`:       stream → `StreamState` (JSON)
 //! - `events`:        (stream, seq) → `StoredEvent` (JSON) — the stream's log; catch-up scans it
 //! - `by_time`:       (stream, offset_ms, seq) → () — replay windows seek here (comments only)
-//! - `dedup`:         (stream, user, client_msg_id) → seq — retries get the first answer
+//! - `dedup`:         (stream, user, client_msg_id) → seq — no longer written, rows of
+//!   earlier versions still read: retries are found in memory (`store::recent`), rebuilt
+//!   from the events log when the store opens
 //! - `comment_ids`:   (stream, comment id) → seq — moderator actions address comments by id
 //! - `bans`:          (user, scope) → `Ban` (JSON)
 //! - `queue`:         item id (ULID, time-ordered) → `QueueItem` (JSON)
@@ -29,7 +31,8 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{
@@ -42,7 +45,10 @@ use wire::store::{
     Batch, DecidedLike, DedupHit, DedupKey, LikeChange, ReplayCursor, Store, StoreError,
     StoredComment, StoredEvent, Visibility,
 };
+use wire::time::now_ms;
 use wire::{StreamId, UserId};
+
+use super::recent::RecentPosts;
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
@@ -87,15 +93,50 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     quick_repair: bool,
+    /// Which seq recent posts were stored under, for retries (see `store::recent`).
+    recent: Arc<Mutex<RecentPosts>>,
+}
+
+/// How an [`EmbeddedStore`] is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Every commit writes its allocator state too (a second fsync), so that opening after a
+    /// crash takes milliseconds instead of a walk of the whole file (about 1 s per 0.5 GB
+    /// measured, see docs/storage.md).
+    pub quick_repair: bool,
+    /// A retry of a post stored this long ago still gets the post's answer.
+    pub dedup_window: Duration,
+    /// ... unless this many newer posts were stored since (memory: about 50 bytes each).
+    pub dedup_max_entries: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            quick_repair: true,
+            dedup_window: Duration::from_secs(600),
+            dedup_max_entries: 2_000_000,
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file and its tables.
-    ///
-    /// `quick_repair` makes every commit write its allocator state too (a second fsync), so
-    /// that opening after a crash takes milliseconds instead of a walk of the whole file
-    /// (about 1 s per 0.5 GB measured, see docs/storage.md).
+    /// Opens (or creates) the database file and its tables, with the default options but
+    /// `quick_repair` (see [`EmbeddedOptions`]).
     pub fn open(path: &Path, quick_repair: bool) -> Result<Self, StoreError> {
+        Self::open_with(
+            path,
+            EmbeddedOptions {
+                quick_repair,
+                ..EmbeddedOptions::default()
+            },
+        )
+    }
+
+    /// Opens (or creates) the database file and its tables, and reads the keys of the posts
+    /// stored within the de-duplication window from the end of each stream's log.
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let quick_repair = options.quick_repair;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
@@ -123,10 +164,30 @@ impl EmbeddedStore {
             tx.open_table(REPORTERS).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
+        let mut recent = RecentPosts::new(options.dedup_window, options.dedup_max_entries);
+        let started = std::time::Instant::now();
+        load_recent(&db, &mut recent)?;
+        tracing::info!(
+            posts = recent.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "read the keys of recent posts for de-duplication"
+        );
         Ok(EmbeddedStore {
             db: Arc::new(db),
             quick_repair,
+            recent: Arc::new(Mutex::new(recent)),
         })
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentPosts> {
+        // Nothing panics while holding it; a poisoned lock still holds a consistent index.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tests only: every post's key hashes alike.
+    #[cfg(test)]
+    fn collide_keys(&self) {
+        self.recent().collide = true;
     }
 
     /// Runs a read transaction off the async runtime.
@@ -164,7 +225,6 @@ impl EmbeddedStore {
 fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<(), StoreError> {
     let mut events = tx.open_table(EVENTS).map_err(backend)?;
     let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
-    let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
     let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
     let mut replies = tx.open_table(REPLIES).map_err(backend)?;
     let mut reply_counts = tx.open_table(REPLY_COUNTS).map_err(backend)?;
@@ -193,12 +253,7 @@ fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<
                 by_time
                     .insert((s, c.comment.offset_ms, seq), ())
                     .map_err(backend)?;
-                dedup
-                    .insert(
-                        (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
-                        seq,
-                    )
-                    .map_err(backend)?;
+                // Its key goes to `RecentPosts` (see `commit`), not to a table.
                 ids.insert((s, c.comment.id.as_str()), seq)
                     .map_err(backend)?;
                 if let Some(parent) = &c.comment.reply_to {
@@ -292,6 +347,52 @@ fn totals_of(
         out.push((k.value().1.to_owned(), v.value()));
     }
     Ok(out)
+}
+
+/// Reads the keys of the posts stored within the window into `recent`: from the end of each
+/// stream's log back to the first comment older than the window (at most `max_entries` in all,
+/// the newest).
+fn load_recent(db: &Database, recent: &mut RecentPosts) -> Result<(), StoreError> {
+    let tx = db.begin_read().map_err(backend)?;
+    let streams = tx.open_table(STREAMS).map_err(backend)?;
+    let events = tx.open_table(EVENTS).map_err(backend)?;
+    let horizon = recent.horizon(now_ms());
+    let cap = recent.max_entries();
+    let mut found: Vec<(i64, StreamId, UserId, String, u64)> = Vec::new();
+    for row in streams.iter().map_err(backend)? {
+        let (name, _) = row.map_err(backend)?;
+        let s = name.value();
+        let stream = StreamId::new(s).map_err(corrupt)?;
+        let mut n = 0;
+        for row in events
+            .range((s, 0u64)..=(s, u64::MAX))
+            .map_err(backend)?
+            .rev()
+        {
+            let (key, value) = row.map_err(backend)?;
+            // Retractions and the other events carry no post.
+            let Some(c) = parse_comment_row(value.value()) else {
+                continue;
+            };
+            if c.comment.ts < horizon || n >= cap {
+                break;
+            }
+            n += 1;
+            found.push((
+                c.comment.ts,
+                stream.clone(),
+                c.comment.user.id,
+                c.client_msg_id,
+                key.value().1,
+            ));
+        }
+    }
+    found.sort_by_key(|f| f.0);
+    let skip = found.len().saturating_sub(cap);
+    for (ts, stream, user, id, seq) in found.into_iter().skip(skip) {
+        recent.insert(&stream, user.as_str(), &id, seq, ts);
+    }
+    Ok(())
 }
 
 /// A durable write transaction (redb's default `Durability::Immediate`: `commit()` returns
@@ -555,6 +656,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn find_dedup(&self, keys: &[DedupKey]) -> Result<Vec<Option<DedupHit>>, StoreError> {
+        let candidates: Vec<Vec<u64>> = {
+            let recent = self.recent();
+            keys.iter()
+                .map(|k| recent.get(&k.stream, k.user.as_str(), &k.client_msg_id))
+                .collect()
+        };
         let keys = keys.to_vec();
         self.read(move |tx| {
             let dedup = tx.open_table(DEDUP).map_err(backend)?;
@@ -564,9 +671,24 @@ impl Store for EmbeddedStore {
             let queue = tx.open_table(QUEUE).map_err(backend)?;
             let events = tx.open_table(EVENTS).map_err(backend)?;
             let mut out = Vec::with_capacity(keys.len());
-            for k in &keys {
+            for (k, candidate) in keys.iter().zip(candidates) {
                 let key = (k.stream.as_str(), k.user.as_str(), k.client_msg_id.as_str());
-                if let Some(seq) = dedup.get(key).map_err(backend)?.map(|v| v.value()) {
+                // The in-memory index names a seq; the row there says whether it is this post.
+                let mut recent = None;
+                for seq in candidate {
+                    if let Some(c) = comment_at(&events, k.stream.as_str(), seq)? {
+                        if c.comment.user.id == k.user && c.client_msg_id == k.client_msg_id {
+                            recent = Some(c);
+                            break;
+                        }
+                    }
+                }
+                if let Some(c) = recent {
+                    out.push(Some(DedupHit::Stored {
+                        id: c.comment.id,
+                        seq: c.comment.seq,
+                    }));
+                } else if let Some(seq) = dedup.get(key).map_err(backend)?.map(|v| v.value()) {
                     let c = comment_at(&events, k.stream.as_str(), seq)?.ok_or_else(|| {
                         corrupt(format!("dedup entry points at missing seq {seq}"))
                     })?;
@@ -618,24 +740,47 @@ impl Store for EmbeddedStore {
             audit.push((a.at, ulid::Ulid::new().to_string(), json(a)?));
         }
         let reporters = batch.reporters.clone();
-        self.write(move |tx| {
-            put_events(tx, &rows)?;
-            for (item, bytes) in &items {
-                put_item(tx, item, bytes)?;
-            }
-            let mut log = tx.open_table(AUDIT).map_err(backend)?;
-            for (at, key, bytes) in &audit {
-                log.insert((*at, key.as_str()), bytes.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut rep = tx.open_table(REPORTERS).map_err(backend)?;
-            for (s, c, u) in &reporters {
-                rep.insert((s.as_str(), c.as_str(), u.as_str()), ())
-                    .map_err(backend)?;
-            }
-            Ok(())
-        })
-        .await
+        // The posts' keys, for the in-memory index (shadow posts have their own table).
+        let keys: Vec<(StreamId, UserId, String, u64)> = batch
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                StoredEvent::Comment(c) if c.visibility != Visibility::Shadow => Some((
+                    c.comment.stream.clone(),
+                    c.comment.user.id.clone(),
+                    c.client_msg_id.clone(),
+                    c.comment.seq,
+                )),
+                _ => None,
+            })
+            .collect();
+        let written = self
+            .write(move |tx| {
+                put_events(tx, &rows)?;
+                for (item, bytes) in &items {
+                    put_item(tx, item, bytes)?;
+                }
+                let mut log = tx.open_table(AUDIT).map_err(backend)?;
+                for (at, key, bytes) in &audit {
+                    log.insert((*at, key.as_str()), bytes.as_slice())
+                        .map_err(backend)?;
+                }
+                let mut rep = tx.open_table(REPORTERS).map_err(backend)?;
+                for (s, c, u) in &reporters {
+                    rep.insert((s.as_str(), c.as_str(), u.as_str()), ())
+                        .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await;
+        // Also when the commit reported a failure: it may have been applied all the same, and
+        // an entry of a post that was not stored never matches (lookups check the row).
+        let now = now_ms();
+        let mut recent = self.recent();
+        for (stream, user, id, seq) in &keys {
+            recent.insert(stream, user.as_str(), id, *seq, now);
+        }
+        written
     }
 
     async fn has_reported(
@@ -1192,5 +1337,156 @@ mod tests {
         }
         let store = EmbeddedStore::open(&path, true).unwrap();
         assert_eq!(store.last_seq(&s1).await.unwrap(), 1);
+    }
+
+    fn key(stream: &StreamId, user: &UserId, id: &str) -> DedupKey {
+        DedupKey {
+            stream: stream.clone(),
+            user: user.clone(),
+            client_msg_id: id.into(),
+        }
+    }
+
+    /// A comment stored `age_ms` ago.
+    fn aged(stream: &StreamId, user: &UserId, seq: u64, age_ms: i64) -> StoredEvent {
+        let mut c = stored(stream, user, seq, seq * 10);
+        c.comment.ts = now_ms() - age_ms;
+        StoredEvent::Comment(c)
+    }
+
+    fn hit(seq: u64) -> Option<DedupHit> {
+        Some(DedupHit::Stored {
+            id: format!("id{seq}"),
+            seq,
+        })
+    }
+
+    async fn create(store: &EmbeddedStore, stream: &StreamId) {
+        let state = StreamState::new(stream.clone(), "t".into(), None, 0);
+        assert!(store.create_stream(&state).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn retries_within_the_window_are_recognised_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let ns = Ns::new();
+        let (s1, s2, u1) = (ns.stream("s1"), ns.stream("s2"), ns.user("u1"));
+        let options = EmbeddedOptions {
+            dedup_window: Duration::from_secs(60),
+            ..EmbeddedOptions::default()
+        };
+        {
+            let store = EmbeddedStore::open_with(&path, options).unwrap();
+            create(&store, &s1).await;
+            create(&store, &s2).await;
+            let batch = Batch {
+                events: vec![
+                    aged(&s1, &u1, 1, 120_000),
+                    aged(&s1, &u1, 2, 30_000),
+                    StoredEvent::Retract {
+                        stream: s1.clone(),
+                        seq: 3,
+                        comment_seq: 2,
+                        comment_id: "id2".into(),
+                        reason: "r".into(),
+                        actor: "mod".into(),
+                        at: 0,
+                    },
+                    aged(&s2, &u1, 1, 1_000),
+                ],
+                ..Default::default()
+            };
+            store.commit(&batch).await.unwrap();
+            // Before the reopen every post is known (the window counts from the commit).
+            let found = store
+                .find_dedup(&[key(&s1, &u1, "m1"), key(&s1, &u1, "m2")])
+                .await
+                .unwrap();
+            assert_eq!(found, vec![hit(1), hit(2)]);
+        }
+        let store = EmbeddedStore::open_with(&path, options).unwrap();
+        let found = store
+            .find_dedup(&[
+                key(&s1, &u1, "m1"),
+                key(&s1, &u1, "m2"),
+                key(&s2, &u1, "m1"),
+                key(&s2, &u1, "m2"),
+            ])
+            .await
+            .unwrap();
+        // m1 of s1 was stored two minutes ago: out of the 60 s window. A retracted post still
+        // answers as stored (its id and seq), as before.
+        assert_eq!(found, vec![None, hit(2), hit(1), None]);
+
+        // The newest `dedup_max_entries` only.
+        let capped = EmbeddedOptions {
+            dedup_max_entries: 1,
+            ..options
+        };
+        drop(store);
+        let store = EmbeddedStore::open_with(&path, capped).unwrap();
+        let found = store
+            .find_dedup(&[key(&s1, &u1, "m2"), key(&s2, &u1, "m1")])
+            .await
+            .unwrap();
+        assert_eq!(found, vec![None, hit(1)]);
+    }
+
+    #[tokio::test]
+    async fn colliding_keys_are_told_apart_by_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap();
+        store.collide_keys();
+        let ns = Ns::new();
+        let (s1, u1, u2) = (ns.stream("s1"), ns.user("u1"), ns.user("u2"));
+        let batch = Batch {
+            events: vec![aged(&s1, &u1, 1, 0), aged(&s1, &u2, 2, 0)],
+            ..Default::default()
+        };
+        store.commit(&batch).await.unwrap();
+        let found = store
+            .find_dedup(&[
+                key(&s1, &u1, "m1"),
+                key(&s1, &u2, "m2"),
+                key(&s1, &u1, "m2"),
+                key(&s1, &u2, "m1"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(found, vec![hit(1), hit(2), None, None]);
+    }
+
+    #[tokio::test]
+    async fn rows_of_the_dedup_table_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap();
+        let ns = Ns::new();
+        let (s1, u1) = (ns.stream("s1"), ns.user("u1"));
+        let batch = Batch {
+            events: vec![aged(&s1, &u1, 1, 0)],
+            ..Default::default()
+        };
+        store.commit(&batch).await.unwrap();
+        // As an earlier version stored it, and as if the window had passed.
+        *store.recent() = RecentPosts::new(Duration::from_secs(60), 10);
+        assert_eq!(
+            store.find_dedup(&[key(&s1, &u1, "m1")]).await.unwrap(),
+            vec![None]
+        );
+        let (st, u) = (s1.to_string(), u1.to_string());
+        store
+            .write(move |tx| {
+                let mut t = tx.open_table(DEDUP).map_err(backend)?;
+                t.insert((st.as_str(), u.as_str(), "m1"), 1)
+                    .map_err(backend)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.find_dedup(&[key(&s1, &u1, "m1")]).await.unwrap(),
+            vec![hit(1)]
+        );
     }
 }

@@ -5,10 +5,11 @@
 
 pub mod cassandra;
 pub mod embedded;
+mod recent;
 /// Behaviour checks shared by every store (used by `tests/store_suite.rs`).
 #[cfg(any(test, feature = "store-suite"))]
 #[doc(hidden)]
 pub mod suite;
 
 pub use cassandra::{CassandraConfig, CassandraStore};
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
