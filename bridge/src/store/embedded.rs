@@ -106,7 +106,7 @@ pub struct EmbeddedOptions {
     pub quick_repair: bool,
     /// A retry of a post stored this long ago still gets the post's answer.
     pub dedup_window: Duration,
-    /// ... unless this many newer posts were stored since (memory: about 50 bytes each).
+    /// ... unless this many newer posts were stored since (memory: about 60 bytes each).
     pub dedup_max_entries: usize,
 }
 

@@ -8,7 +8,8 @@
 //! index is rebuilt from the log's tail when the store opens, like NATS JetStream's duplicate
 //! window. A key is kept for the window or until `max_entries` newer keys push it out.
 //!
-//! Memory: about 60 bytes per key (a 64-bit keyed hash, the stream's slot, the seq, the time).
+//! Memory: about 60 bytes per key (a 64-bit keyed hash of the key, the seq, the time, in a hash
+//! map and a queue; 2 M keys measured at 59 bytes each).
 //! A hit is only a candidate: the store reads the row at that seq and compares the key, so a
 //! hash collision or an entry of a commit that failed never answers for another post.
 
@@ -25,14 +26,12 @@ pub(crate) struct RecentPosts {
     hasher: RandomState,
     window_ms: i64,
     max_entries: usize,
-    /// Interned stream ids (slots are never reused; a stream id is small).
-    slots: HashMap<StreamId, u32>,
-    /// (stream slot, key hash) → seq of the oldest post with that hash.
-    first: HashMap<(u32, u64), u64>,
+    /// Hash of (stream, user, client_msg_id) → seq of the oldest post with that hash.
+    first: HashMap<u64, u64>,
     /// Later posts whose key has the same hash (a 64-bit collision: practically never).
-    more: HashMap<(u32, u64), Vec<u64>>,
-    /// Insertion order: (stored at ms, slot, hash, seq), oldest first.
-    order: VecDeque<(i64, u32, u64, u64)>,
+    more: HashMap<u64, Vec<u64>>,
+    /// Insertion order: (stored at ms, hash, seq), oldest first.
+    order: VecDeque<(i64, u64, u64)>,
     /// Tests only: every key hashes alike.
     #[cfg(test)]
     pub(crate) collide: bool,
@@ -44,7 +43,6 @@ impl RecentPosts {
             hasher: RandomState::new(),
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             max_entries,
-            slots: HashMap::new(),
             first: HashMap::new(),
             more: HashMap::new(),
             order: VecDeque::new(),
@@ -53,12 +51,13 @@ impl RecentPosts {
         }
     }
 
-    fn hash(&self, user: &str, client_msg_id: &str) -> u64 {
+    fn hash(&self, stream: &StreamId, user: &str, client_msg_id: &str) -> u64 {
         #[cfg(test)]
         if self.collide {
             return 0;
         }
         let mut h = self.hasher.build_hasher();
+        stream.as_str().hash(&mut h);
         user.hash(&mut h);
         client_msg_id.hash(&mut h);
         h.finish()
@@ -67,10 +66,7 @@ impl RecentPosts {
     /// The seqs a post with this key may have been stored under, oldest first (empty when
     /// none; more than one only on a hash collision). The caller checks the rows.
     pub(crate) fn get(&self, stream: &StreamId, user: &str, client_msg_id: &str) -> Vec<u64> {
-        let Some(&slot) = self.slots.get(stream) else {
-            return Vec::new();
-        };
-        let k = (slot, self.hash(user, client_msg_id));
+        let k = self.hash(stream, user, client_msg_id);
         let Some(&seq) = self.first.get(&k) else {
             return Vec::new();
         };
@@ -91,29 +87,25 @@ impl RecentPosts {
         seq: u64,
         at_ms: i64,
     ) {
-        let hash = self.hash(user, client_msg_id);
-        let next = self.slots.len() as u32;
-        let slot = *self.slots.entry(stream.clone()).or_insert(next);
-        let k = (slot, hash);
+        let k = self.hash(stream, user, client_msg_id);
         match self.first.entry(k) {
             Entry::Vacant(v) => {
                 v.insert(seq);
             }
             Entry::Occupied(_) => self.more.entry(k).or_default().push(seq),
         }
-        self.order.push_back((at_ms, slot, hash, seq));
+        self.order.push_back((at_ms, k, seq));
         self.expire(at_ms);
     }
 
     /// Forgets keys older than the window, and the oldest beyond `max_entries`.
     pub(crate) fn expire(&mut self, now_ms: i64) {
         let horizon = self.horizon(now_ms);
-        while let Some(&(at, slot, hash, seq)) = self.order.front() {
+        while let Some(&(at, k, seq)) = self.order.front() {
             if at >= horizon && self.order.len() <= self.max_entries {
                 break;
             }
             self.order.pop_front();
-            let k = (slot, hash);
             if self.first.get(&k) == Some(&seq) {
                 match self.more.get_mut(&k) {
                     Some(more) => {
