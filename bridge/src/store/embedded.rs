@@ -10,9 +10,9 @@
 //! - `streams`:       stream → `StreamState` (JSON)
 //! - `events`:        (stream, seq) → `StoredEvent` (JSON) — the stream's log; catch-up scans it
 //! - `by_time`:       (stream, offset_ms, seq) → () — replay windows seek here (comments only)
-//! - `dedup`:         (stream, user, client_msg_id) → seq — no longer written, rows of
-//!   earlier versions still read: retries are found in memory (`store::recent`), rebuilt
-//!   from the events log when the store opens
+//! - `dedup`:         (stream, user, client_msg_id) → seq — approved held posts only (and
+//!   every post of earlier versions): other retries are found in memory (`store::recent`),
+//!   rebuilt from the events log when the store opens
 //! - `comment_ids`:   (stream, comment id) → seq — moderator actions address comments by id
 //! - `bans`:          (user, scope) → `Ban` (JSON)
 //! - `queue`:         item id (ULID, time-ordered) → `QueueItem` (JSON)
@@ -222,15 +222,22 @@ impl EmbeddedStore {
 }
 
 /// Writes events of the stream logs with their indexes (see [`Store::commit`]).
-fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<(), StoreError> {
+/// `on_disk`: per row, whether a comment's key also goes to the `dedup` table (approved held
+/// posts: their `held_dedup` row would otherwise answer "held" once the key left memory).
+fn put_events(
+    tx: &WriteTransaction,
+    rows: &[(StoredEvent, Vec<u8>)],
+    on_disk: &[bool],
+) -> Result<(), StoreError> {
     let mut events = tx.open_table(EVENTS).map_err(backend)?;
     let mut by_time = tx.open_table(BY_TIME).map_err(backend)?;
+    let mut dedup = tx.open_table(DEDUP).map_err(backend)?;
     let mut ids = tx.open_table(COMMENT_IDS).map_err(backend)?;
     let mut replies = tx.open_table(REPLIES).map_err(backend)?;
     let mut reply_counts = tx.open_table(REPLY_COUNTS).map_err(backend)?;
     let mut shadow = tx.open_table(SHADOW).map_err(backend)?;
     let mut shadow_dedup = tx.open_table(SHADOW_DEDUP).map_err(backend)?;
-    for (event, bytes) in rows {
+    for ((event, bytes), on_disk) in rows.iter().zip(on_disk) {
         match event {
             StoredEvent::Comment(c) if c.visibility == Visibility::Shadow => {
                 // Apart from the log: its seq is the stream's latest, not a new one.
@@ -253,7 +260,15 @@ fn put_events(tx: &WriteTransaction, rows: &[(StoredEvent, Vec<u8>)]) -> Result<
                 by_time
                     .insert((s, c.comment.offset_ms, seq), ())
                     .map_err(backend)?;
-                // Its key goes to `RecentPosts` (see `commit`), not to a table.
+                // Its key goes to `RecentPosts` (see `commit`).
+                if *on_disk {
+                    dedup
+                        .insert(
+                            (s, c.comment.user.id.as_str(), c.client_msg_id.as_str()),
+                            seq,
+                        )
+                        .map_err(backend)?;
+                }
                 ids.insert((s, c.comment.id.as_str()), seq)
                     .map_err(backend)?;
                 if let Some(parent) = &c.comment.reply_to {
@@ -754,9 +769,28 @@ impl Store for EmbeddedStore {
                 _ => None,
             })
             .collect();
+        // Approved held posts keep a `dedup` row (rare: a moderator's decision each).
+        let approved: Vec<(&StreamId, &UserId, &str)> = batch
+            .items
+            .iter()
+            .filter(|i| i.status == QueueStatus::Approved)
+            .filter_map(|i| {
+                let h = i.held.as_ref()?;
+                Some((&i.stream, &h.author.id, h.client_msg_id.as_str()))
+            })
+            .collect();
+        let on_disk: Vec<bool> = rows
+            .iter()
+            .map(|(e, _)| match e {
+                StoredEvent::Comment(c) => approved.iter().any(|(s, u, m)| {
+                    **s == c.comment.stream && **u == c.comment.user.id && *m == c.client_msg_id
+                }),
+                _ => false,
+            })
+            .collect();
         let written = self
             .write(move |tx| {
-                put_events(tx, &rows)?;
+                put_events(tx, &rows, &on_disk)?;
                 for (item, bytes) in &items {
                     put_item(tx, item, bytes)?;
                 }
@@ -1455,6 +1489,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(found, vec![hit(1), hit(2), None, None]);
+    }
+
+    #[tokio::test]
+    async fn an_approved_held_post_answers_retries_after_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db.redb"), true).unwrap();
+        let ns = Ns::new();
+        // Holds, declines, and approves a held post ("m1", stored as seq 1).
+        crate::store::suite::held_posts_answer_retries(Arc::new(store.clone()), &ns).await;
+        *store.recent() = RecentPosts::new(Duration::from_secs(60), 10);
+        let (s1, u1) = (ns.stream("s1"), ns.user("u1"));
+        assert_eq!(
+            store.find_dedup(&[key(&s1, &u1, "m1")]).await.unwrap(),
+            vec![hit(1)],
+            "its held_dedup row would say held"
+        );
     }
 
     #[tokio::test]
