@@ -67,6 +67,57 @@ async fn packets_sent_together_with_connect_are_served() {
     sys.stop().await;
 }
 
+/// MQTT 3.1.1 §3.3.1.3: a retained message sent because of a new subscription has the retain
+/// flag; one forwarded to existing subscribers has not. Subscribing again sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_state_comes_once_on_subscribe_and_changes_come_live() {
+    let sys = System::start().await;
+    sys.live_stream("s1").await;
+    let mut s = TcpStream::connect(("127.0.0.1", sys.mqtt_port()))
+        .await
+        .unwrap();
+    let mut b = connect_bytes(&sys, "ret");
+    Packet::Subscribe(Subscribe::new("streams/s1/state", QoS::AtMostOnce))
+        .write(&mut b, usize::MAX)
+        .unwrap();
+    s.write_all(&b).await.unwrap();
+    let got = read_until(&mut s, |p| matches!(p, Packet::Publish(_))).await;
+    match got.last() {
+        Some(Packet::Publish(p)) => assert!(p.retain, "sent on subscribe: {p:?}"),
+        other => panic!("no retained state: {other:?}"),
+    }
+
+    // The same filter again: a SUBACK and no second copy.
+    let mut b = BytesMut::new();
+    let mut again = Subscribe::new("streams/s1/state", QoS::AtMostOnce);
+    again.pkid = 2;
+    Packet::Subscribe(again).write(&mut b, usize::MAX).unwrap();
+    s.write_all(&b).await.unwrap();
+    let got = read_until(&mut s, |p| matches!(p, Packet::SubAck(_))).await;
+    assert!(matches!(got.as_slice(), [Packet::SubAck(_)]), "{got:?}");
+
+    // A change while subscribed arrives live, without the retain flag.
+    let r = sys
+        .http
+        .put(sys.url("/v1/streams/s1/settings"))
+        .bearer_auth(sys.token("bob", Role::Broadcaster))
+        .json(&serde_json::json!({"slow_mode_s": 5, "mode": "open", "max_length": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = read_until(&mut s, |p| matches!(p, Packet::Publish(_))).await;
+    match got.last() {
+        Some(Packet::Publish(p)) => {
+            assert!(!p.retain, "forwarded live: {p:?}");
+            let state: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            assert_eq!(state["settings"]["slow_mode_s"], 5, "{state}");
+        }
+        other => panic!("no live state: {other:?}"),
+    }
+    sys.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_filters_deliver_each_event_once() {
     let sys = System::start_with(|c| c.bridge.rate_limit_count = 0).await;

@@ -20,10 +20,9 @@ pub struct MqttConfig {
     /// Posts one connection may send per second (0 = unlimited); beyond it posts are answered
     /// `rate_limited` by the node without reaching the write path.
     pub max_posts_per_second: u32,
-    /// Router log segment size per topic filter, bytes; a viewer more than
-    /// `segment_size × segment_count` behind skips ahead (and catches up over HTTP).
-    pub segment_size: usize,
-    pub segment_count: usize,
+    /// Frames kept per subscribed topic for viewers that fall behind; a viewer further behind
+    /// skips ahead to the oldest kept frame (and catches up over HTTP with `after_seq`).
+    pub backlog_frames: usize,
 }
 
 /// `[ws]` — MQTT over WebSocket.
@@ -104,8 +103,8 @@ impl BrokerConfig {
                 "mqtt.connect_timeout_ms and mqtt.write_timeout_ms must be at least 1".into(),
             );
         }
-        if self.mqtt.segment_size < 1024 || self.mqtt.segment_count == 0 {
-            errors.push("mqtt.segment_size must be >= 1024 and mqtt.segment_count >= 1".into());
+        if !(1..=1 << 20).contains(&self.mqtt.backlog_frames) {
+            errors.push("mqtt.backlog_frames must be between 1 and 1048576".into());
         }
         if !self.ws.path.starts_with('/') {
             errors.push("ws.path must start with '/'".into());

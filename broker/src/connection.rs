@@ -1,17 +1,18 @@
 //! The gatekeeper: one task per client connection.
 //!
 //! Reads MQTT 3.1.1 packets with rumqttc's codec, applies the topic policy, turns posts into
-//! submissions, answers what it can itself (PINGREQ, PUBACK, inbox subscriptions) and passes
-//! only subscriptions for existing streams to the router. Router notifications (deliveries,
-//! SUBACKs) are written back with rumqttd's own v4 encoder.
+//! submissions, answers what it can itself (PINGREQ, PUBACK, SUBACK, inbox messages) and
+//! subscribes to the node's [`Fanout`] only for topics of existing streams. Frames from the
+//! fan-out are written in batches: whatever is ready goes out in one write.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet as CPacket, PubAck, PubComp, PubRec, Publish as CPublish,
@@ -19,15 +20,10 @@ use rumqttc::mqttbytes::v4::{
     Unsubscribe as CUnsubscribe,
 };
 use rumqttc::mqttbytes::{Error as CodecError, Protocol as MqttVersion, QoS as CQoS};
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{
-    Disconnect as RDisconnect, DisconnectReasonCode, Filter as RFilter, Packet as RPacket,
-    Protocol as _, QoS as RQoS, RetainForwardRule, Subscribe as RSubscribe,
-    Unsubscribe as RUnsubscribe,
-};
-use rumqttd::Notification;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
@@ -38,9 +34,9 @@ use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
 use wire::StreamId;
 
+use crate::fanout::Fanout;
 use crate::reactions::Reacted;
-use crate::registry::{Direct, Registry, SlotGuard};
-use crate::router;
+use crate::registry::{Direct, Registry};
 use crate::transport::Transport;
 use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
 
@@ -59,7 +55,7 @@ const REFUSED_LINGER: Duration = Duration::from_millis(300);
 pub(crate) struct NodeCtx {
     pub config: BrokerConfig,
     pub deps: BrokerDeps,
-    pub broker: Arc<rumqttd::Broker>,
+    pub fanout: Arc<Fanout>,
     pub registry: Arc<Registry>,
     pub shutdown: NodeShutdown,
     /// One token per connection that may still read from its client; shutdown waits for all
@@ -73,9 +69,9 @@ pub(crate) struct NodeCtx {
 
 impl NodeCtx {
     /// Publishes a stream's retained state and pin on this node from the store, and returns
-    /// once the relay handed them to the router. Run when the node gets its first viewer of
-    /// the stream, before that viewer's subscription reaches the router (so it gets them once,
-    /// as retained messages): the router's retained messages live in memory, and with a
+    /// once the relay handed them to the fan-out. Run when the node gets its first viewer of
+    /// the stream, before that viewer subscribes to the fan-out (so it gets them once, as
+    /// retained messages): retained messages live in the node's memory, and with a
     /// shared bus this node missed changes made while nobody watched here. The relay drops
     /// them if a newer version was already published.
     async fn bootstrap(&self, stream: &StreamId) {
@@ -104,7 +100,7 @@ impl NodeCtx {
 /// What a connection asks of its node's relay directly.
 pub(crate) enum Local {
     Deliver(Delivery),
-    /// Answered once everything sent before it went to the router.
+    /// Answered once everything sent before it went to the fan-out.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -128,8 +124,6 @@ enum Close {
     TokenExpired,
     #[error("taken over by a new connection with the same client id")]
     TakenOver,
-    #[error("router closed the session")]
-    Router,
     #[error("the write path did not take a post")]
     Refused,
     #[error("client does not read: write timed out")]
@@ -202,32 +196,6 @@ pub(crate) async fn serve(
     let kicked = ctx
         .registry
         .take_over(&identity.user, &connect.client_id, uid);
-    let slot = ctx.registry.acquire_slot();
-    let router_id = format!("c{}", slot.slot);
-    let broker = ctx.broker.clone();
-    let link =
-        tokio::task::spawn_blocking(move || broker.link(&router_id).map_err(|e| e.to_string()))
-            .await;
-    let (link_tx, link_rx) = match link {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "router refused a link");
-            ctx.registry.leave(&identity.user, &connect.client_id, uid);
-            refuse(
-                &mut transport,
-                ConnectReturnCode::ServiceUnavailable,
-                "router",
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "router link task failed");
-            ctx.registry.leave(&identity.user, &connect.client_id, uid);
-            return;
-        }
-    };
-
     let transport_name = transport.name();
     let span = tracing::debug_span!(
         "conn",
@@ -251,9 +219,7 @@ pub(crate) async fn serve(
         transport,
         read_buf,
         out: BytesMut::new(),
-        link_tx,
-        link_rx,
-        slot: Some(slot),
+        subs: StreamMap::new(),
         inbox_topic,
         inbox_subscribed: false,
         filters: HashMap::new(),
@@ -261,7 +227,6 @@ pub(crate) async fn serve(
         watching: HashMap::new(),
         post_limit: post_limiter(ctx.config.mqtt.max_posts_per_second),
         reader: Some(reader),
-        unscheduled: false,
         delivered: 0,
     };
     metrics::gauge!("livecomments_mqtt_connections", "transport" => transport_name).increment(1.0);
@@ -309,22 +274,21 @@ async fn refuse(transport: &mut Transport, code: ConnectReturnCode, reason: &'st
 struct Session {
     ctx: Arc<NodeCtx>,
     identity: Identity,
-    /// As the client sent it (only for takeover; the router knows the slot name).
+    /// As the client sent it (for takeover).
     client_id: String,
     uid: u64,
     transport: Transport,
     read_buf: BytesMut,
     /// Bytes waiting to be written to the client.
     out: BytesMut,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
-    slot: Option<SlotGuard>,
+    /// One receiver per topic in `held`, keyed by topic.
+    subs: StreamMap<String, BroadcastStream<Bytes>>,
     inbox_topic: String,
     inbox_subscribed: bool,
     /// The client's granted stream filters → the concrete topics each covers.
     filters: HashMap<String, Vec<String>>,
-    /// Concrete topics subscribed at the router → how many client filters cover them. The
-    /// router sees each topic once, so overlapping filters never duplicate a message.
+    /// Concrete topics subscribed at the fan-out → how many client filters cover them. Each
+    /// topic is subscribed once, so overlapping filters never duplicate a message.
     held: HashMap<String, u32>,
     /// Streams this connection watches → how many of their topics it holds (presence).
     watching: HashMap<StreamId, u32>,
@@ -332,7 +296,6 @@ struct Session {
     post_limit: Option<DefaultDirectRateLimiter>,
     /// Held while this connection may still read posts from its client.
     reader: Option<TaskTrackerToken>,
-    unscheduled: bool,
     delivered: u64,
 }
 
@@ -395,7 +358,9 @@ impl Session {
                 } else {
                     Close::KeepAlive
                 }),
-                n = self.link_rx.next() => self.on_router(n).await,
+                Some((topic, frame)) = self.subs.next(), if !self.subs.is_empty() => {
+                    self.on_frames(topic, frame).await
+                }
                 Some(message) = direct_rx.recv() => {
                     let mut r = self.write_direct(message);
                     while r.is_ok() {
@@ -449,34 +414,29 @@ impl Session {
     /// Handles every complete packet in the read buffer.
     async fn on_readable(&mut self) -> Result<(), Close> {
         let max = self.ctx.config.mqtt.max_packet_size;
-        let mut to_router = Vec::new();
         loop {
             let packet = match CPacket::read(&mut self.read_buf, max) {
                 Ok(p) => p,
                 Err(CodecError::InsufficientBytes(_)) => break,
                 Err(e) => return Err(Close::Protocol(e.to_string())),
             };
-            self.on_packet(packet, &mut to_router).await?;
+            self.on_packet(packet).await?;
         }
         if self.read_buf.is_empty() && self.read_buf.capacity() > 64 * 1024 {
             self.read_buf = BytesMut::new();
         }
-        router::send_packets(&mut self.link_tx, to_router).map_err(|_| Close::Router)
+        Ok(())
     }
 
-    async fn on_packet(
-        &mut self,
-        packet: CPacket,
-        to_router: &mut Vec<RPacket>,
-    ) -> Result<(), Close> {
+    async fn on_packet(&mut self, packet: CPacket) -> Result<(), Close> {
         match packet {
             CPacket::Publish(p) => self.on_publish(p).await,
             CPacket::PubRel(r) => self.write_packet(CPacket::PubComp(PubComp::new(r.pkid))),
-            CPacket::Subscribe(s) => self.on_subscribe(s, to_router).await,
-            CPacket::Unsubscribe(u) => self.on_unsubscribe(u, to_router),
+            CPacket::Subscribe(s) => self.on_subscribe(s).await,
+            CPacket::Unsubscribe(u) => self.on_unsubscribe(u),
             CPacket::PingReq => self.write_packet(CPacket::PingResp),
             CPacket::Disconnect => Err(Close::PeerDisconnected),
-            // The router only sends QoS 0 here, so there is nothing for these to acknowledge.
+            // Deliveries are QoS 0, so there is nothing for these to acknowledge.
             CPacket::PubAck(_) | CPacket::PubRec(_) | CPacket::PubComp(_) => Ok(()),
             other => Err(Close::Protocol(format!(
                 "unexpected packet from a client: {other:?}"
@@ -604,11 +564,7 @@ impl Session {
         Ok(())
     }
 
-    async fn on_subscribe(
-        &mut self,
-        s: CSubscribe,
-        to_router: &mut Vec<RPacket>,
-    ) -> Result<(), Close> {
+    async fn on_subscribe(&mut self, s: CSubscribe) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut new_topics = Vec::new();
         let mut first_viewer = Vec::new();
@@ -648,33 +604,24 @@ impl Session {
                 codes.push(CCode::Failure);
             }
         }
-        // Answered here (granted QoS is always 0); the router's own SUBACK is ignored.
+        // Granted QoS is always 0.
         self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, codes)))?;
         for stream in first_viewer {
             self.ctx.bootstrap(&stream).await;
         }
-        if !new_topics.is_empty() {
-            let filters = new_topics
-                .into_iter()
-                .map(|path| RFilter {
-                    path,
-                    qos: RQoS::AtMostOnce,
-                    nolocal: false,
-                    preserve_retain: false,
-                    retain_forward_rule: RetainForwardRule::OnEverySubscribe,
-                })
-                .collect();
-            to_router.push(RPacket::Subscribe(RSubscribe { pkid: 0, filters }, None));
+        for topic in new_topics {
+            let (rx, retained) = self.ctx.fanout.subscribe(&topic);
+            if let Some(payload) = retained {
+                let mut publish = CPublish::from_bytes(topic.clone(), CQoS::AtMostOnce, payload);
+                publish.retain = true;
+                self.write_packet(CPacket::Publish(publish))?;
+            }
+            self.subs.insert(topic, BroadcastStream::new(rx));
         }
         Ok(())
     }
 
-    fn on_unsubscribe(
-        &mut self,
-        u: CUnsubscribe,
-        to_router: &mut Vec<RPacket>,
-    ) -> Result<(), Close> {
-        let mut dropped = Vec::new();
+    fn on_unsubscribe(&mut self, u: CUnsubscribe) -> Result<(), Close> {
         for f in u.topics {
             if let Some(SubscribeTarget::Inbox(user)) = topics::parse_subscribe(&f) {
                 if user == self.identity.user {
@@ -692,23 +639,14 @@ impl Session {
                         {
                             self.watch(&stream, -1);
                         }
-                        dropped.push(t);
+                        self.subs.remove(&t);
+                        self.ctx.fanout.unsubscribed(&t);
                     }
                 }
             }
         }
-        // Exactly one UNSUBACK per UNSUBSCRIBE, whatever the router answers.
-        self.write_packet(CPacket::UnsubAck(UnsubAck::new(u.pkid)))?;
-        if !dropped.is_empty() {
-            to_router.push(RPacket::Unsubscribe(
-                RUnsubscribe {
-                    pkid: 0,
-                    filters: dropped,
-                },
-                None,
-            ));
-        }
-        Ok(())
+        // Exactly one UNSUBACK per UNSUBSCRIBE.
+        self.write_packet(CPacket::UnsubAck(UnsubAck::new(u.pkid)))
     }
 
     /// Counts the topics this connection holds per stream; the first one makes it a viewer of
@@ -758,53 +696,38 @@ impl Session {
         }
     }
 
-    /// Writes out what the router has for this connection.
-    async fn on_router(
+    /// Writes out a frame and every other one already waiting, in one go.
+    async fn on_frames(
         &mut self,
-        first: Result<Option<Notification>, LinkError>,
+        topic: String,
+        first: Result<Bytes, BroadcastStreamRecvError>,
     ) -> Result<(), Close> {
-        let mut next = first;
-        loop {
-            match next {
-                Ok(Some(n)) => self.on_notification(n)?,
-                Ok(None) => {}
-                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => break,
-                Err(_) => return Err(Close::Router),
+        let mut next = Some((topic, first));
+        while let Some((topic, frame)) = next {
+            match frame {
+                Ok(payload) => {
+                    self.delivered += 1;
+                    let publish = CPublish::from_bytes(topic, CQoS::AtMostOnce, payload);
+                    self.write_packet(CPacket::Publish(publish))?;
+                }
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    // More than `mqtt.backlog_frames` behind: the oldest are gone; the client
+                    // sees the `seq` gap and catches up over HTTP.
+                    tracing::debug!(%topic, skipped = n, "viewer fell behind");
+                    metrics::counter!("livecomments_deliveries_skipped_total").increment(n);
+                }
             }
             if self.out.len() >= WRITE_CHUNK {
                 self.flush().await?;
             }
             // Take whatever else is ready without waiting.
-            next = self.link_rx.recv_deadline(Instant::now());
+            next = self.subs.next().now_or_never().flatten();
         }
         if self.delivered > 0 {
             metrics::counter!("livecomments_deliveries_total").increment(self.delivered);
             self.delivered = 0;
         }
-        if self.unscheduled {
-            self.flush().await?;
-            self.unscheduled = false;
-            self.link_rx.wake().await.map_err(|_| Close::Router)?;
-        }
         Ok(())
-    }
-
-    fn on_notification(&mut self, n: Notification) -> Result<(), Close> {
-        match n {
-            Notification::Unschedule => {
-                self.unscheduled = true;
-                Ok(())
-            }
-            Notification::Disconnect(..) => Err(Close::Router),
-            Notification::Forward(f) => {
-                self.delivered += 1;
-                V4.write(RPacket::Publish(f.publish, None), &mut self.out)
-                    .map(|_| ())
-                    .map_err(|e| Close::Protocol(e.to_string()))
-            }
-            // CONNACK, SUBACK and UNSUBACK are the gatekeeper's to send.
-            _ => Ok(()),
-        }
     }
 
     fn write_inbox(&mut self, payload: Bytes) -> Result<(), Close> {
@@ -868,15 +791,11 @@ impl Session {
                 .unwatch(Channel::User(self.identity.user.clone()));
         }
         reg.leave(&self.identity.user, &self.client_id, self.uid);
-        // Tell the router this session is gone before its slot can be reused.
-        let bye = RPacket::Disconnect(
-            RDisconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        );
-        let _ = router::send_packets(&mut self.link_tx, vec![bye]);
-        self.slot = None;
+        let topics: Vec<String> = self.subs.keys().cloned().collect();
+        self.subs.clear();
+        for t in topics {
+            self.ctx.fanout.unsubscribed(&t);
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close()).await;
     }
 }

@@ -1,42 +1,45 @@
 //! One livecomments MQTT node.
 //!
-//! rumqttd's router does the fan-out; everything in front of it is ours, because rumqttd's own
-//! `Server` has no authorization, does not say who published, blocks every WebSocket handshake
-//! behind one slow client and cannot be shut down (see ../shared/DESIGN.md §5). So this crate
-//! accepts connections itself (TCP and WebSocket), speaks MQTT 3.1.1 with rumqttc's codec, and
-//! attaches each authenticated client to the router through a public `LinkBuilder` link.
+//! Everything is ours but the MQTT framing (rumqttc's codec): the node accepts connections
+//! itself (TCP and WebSocket), speaks MQTT 3.1.1, and fans frames out to its subscribers
+//! from a topic → broadcast-channel map. Until 2026-12 the fan-out was an embedded rumqttd
+//! router (the design's choice); it was replaced because every rumqttd link reserves fixed
+//! per-link queues (~40 KB of RSS per idle viewer, measured in docs/benchmarks.md §2) and
+//! never frees its filter logs, and because its `Server` has no authorization, does not say
+//! who published, blocks WebSocket handshakes behind one slow client and cannot be shut down
+//! (../shared/DESIGN.md §5). See docs/architecture.md.
 //!
 //! The gatekeeper, per connection:
 //! - verifies the JWT at CONNECT (password) and answers a refused CONNACK otherwise;
-//! - lets clients publish only to `streams/{stream}/post`; those posts never enter the router:
-//!   they are tagged with the verified identity and handed to the write path via the bus;
-//!   any other publish closes the connection (a forged broadcast never reaches anyone);
+//! - lets clients publish only to `streams/{stream}/post` (and `report`, `react`); those posts
+//!   are tagged with the verified identity and handed to the write path via the bus, never
+//!   fanned out directly; any other publish closes the connection (a forged broadcast never
+//!   reaches anyone);
 //! - lets clients subscribe only inside one concrete, existing stream, and to their own inbox,
 //!   which is served by the node directly (refused filters get SUBACK failure `0x80`);
-//! - names router sessions itself (`c{slot}`), so clients can neither kick each other nor the
-//!   node's internal links, and session records stay bounded; MQTT's takeover still applies to
-//!   the same user reconnecting with the same client id.
+//! - applies MQTT's takeover to the same user reconnecting with the same client id; one
+//!   user's client ids never touch another user's sessions.
 //!
 //! # Layout
 //! - [`config`] — `[mqtt]`, `[ws]` and `[delivery]` settings.
 //! - `listener` — accept loops, connection limit, WebSocket handshake with a timeout.
 //! - `transport` — one byte-stream interface over TCP and WebSocket.
 //! - `connection` — the per-connection gatekeeper and its loop.
-//! - `registry` — takeover map, router session slots, direct messages (inbox, private frames).
-//! - `relay` — bus deliveries → per-stream frames (with sampling under load) → router; inbox,
+//! - `fanout` — concrete topic → broadcast channel of frames, and retained messages.
+//! - `registry` — takeover map, direct messages (inbox, private frames).
+//! - `relay` — bus deliveries → per-stream frames (with sampling under load) → fan-out; inbox,
 //!   retained and plain messages.
 //! - `reactions` — emoji reactions counted per node, flushed once per window.
 //! - `presence` — viewers per stream and distinct users (HyperLogLog).
-//! - `router` — the rumqttd router and the node's internal link.
 
 pub mod config;
 mod connection;
+mod fanout;
 mod listener;
 mod presence;
 mod reactions;
 mod registry;
 mod relay;
-mod router;
 mod transport;
 
 use std::net::SocketAddr;
@@ -60,8 +63,6 @@ pub enum BrokerError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("cannot open the node's internal router link: {0}")]
-    Link(String),
     #[error(transparent)]
     Bus(#[from] wire::bus::BusError),
 }
@@ -101,13 +102,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds the listeners and starts the router, the relay and the accept loops.
+    /// Binds the listeners and starts the relay and the accept loops.
     pub async fn start(
         config: BrokerConfig,
         deps: BrokerDeps,
         shutdown: NodeShutdown,
     ) -> Result<Node, BrokerError> {
-        let router = router::start(&config)?;
+        let fanout = Arc::new(fanout::Fanout::new(config.mqtt.backlog_frames));
         let registry = Arc::new(registry::Registry::default());
         let connections = TaskTracker::new();
         let readers = TaskTracker::new();
@@ -118,7 +119,7 @@ impl Node {
             local: local_tx,
             config: config.clone(),
             deps: deps.clone(),
-            broker: router.broker.clone(),
+            fanout: fanout.clone(),
             registry: registry.clone(),
             shutdown: shutdown.clone(),
             readers: readers.clone(),
@@ -189,7 +190,7 @@ impl Node {
         let relay = tokio::spawn(relay::run(
             deliveries,
             local_rx,
-            router.link,
+            fanout,
             registry,
             flusher,
             config.delivery.clone(),

@@ -3,17 +3,14 @@
 //! - **Takeover**: MQTT says a new connection with the same client id replaces the old one. The
 //!   key here is `(verified user, client id)`, so one user can never kick another off by
 //!   choosing the same id.
-//! - **Router slots**: router sessions are named `c{slot}` with the lowest free slot, so the
-//!   router's per-client-id records (which it never frees) stay bounded by the peak number of
-//!   concurrent connections instead of growing with every client id ever seen.
 //! - **Direct messages**: `users/{user}/inbox` is served by the node itself, and so are the
 //!   private frames a shadow-banned author sees: a message for a user goes to that user's
-//!   connections (each one writes it only if it subscribed to the topic), without a router
-//!   filter per user.
+//!   connections (each one writes it only if it subscribed to the topic), without a fan-out
+//!   topic per user.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -30,31 +27,7 @@ type DirectQueues = Vec<(u64, mpsc::Sender<Direct>)>;
 pub(crate) struct Registry {
     next_uid: AtomicU64,
     sessions: Mutex<HashMap<TakeoverKey, (u64, CancellationToken)>>,
-    slots: Mutex<Slots>,
     direct: Mutex<HashMap<UserId, DirectQueues>>,
-}
-
-#[derive(Default)]
-struct Slots {
-    free: BTreeSet<u32>,
-    next: u32,
-}
-
-/// Gives a router slot back when the connection ends.
-pub(crate) struct SlotGuard {
-    registry: Arc<Registry>,
-    pub slot: u32,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let mut slots = self
-            .registry
-            .slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        slots.free.insert(self.slot);
-    }
 }
 
 impl Registry {
@@ -87,21 +60,6 @@ impl Registry {
         let key = (user.clone(), client_id.to_owned());
         if sessions.get(&key).is_some_and(|(owner, _)| *owner == uid) {
             sessions.remove(&key);
-        }
-    }
-
-    pub(crate) fn acquire_slot(self: &Arc<Self>) -> SlotGuard {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = match slots.free.pop_first() {
-            Some(s) => s,
-            None => {
-                slots.next += 1;
-                slots.next - 1
-            }
-        };
-        SlotGuard {
-            registry: self.clone(),
-            slot,
         }
     }
 
@@ -165,18 +123,6 @@ mod tests {
         let a3 = r.take_over(&u("alice"), "phone", 4);
         assert!(a2.is_cancelled());
         assert!(!a3.is_cancelled());
-    }
-
-    #[test]
-    fn slots_are_reused_lowest_first() {
-        let r = Arc::new(Registry::default());
-        let s0 = r.acquire_slot();
-        let s1 = r.acquire_slot();
-        let s2 = r.acquire_slot();
-        assert_eq!((s0.slot, s1.slot, s2.slot), (0, 1, 2));
-        drop(s1);
-        drop(s0);
-        assert_eq!(r.acquire_slot().slot, 0);
     }
 
     #[tokio::test]

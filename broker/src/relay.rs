@@ -1,10 +1,10 @@
 //! From the bus to local clients.
 //!
 //! Stream events are coalesced per stream for `delivery.batch_window_ms` and published as one
-//! frame on `streams/{stream}/comments`, which the router fans out. The first event after a
+//! frame on `streams/{stream}/comments`, which [`Fanout`] hands to the topic's subscribers. The first event after a
 //! quiet window goes out at once (with whatever else arrived in the same instant), so a lone
 //! comment is not delayed; under load a stream gets one frame per window. Inbox answers and
-//! private frames go to the registry, retained and plain messages straight to the router,
+//! private frames go to the registry, retained and plain messages straight to the fan-out,
 //! like counts to the reactions aggregator.
 //!
 //! **Sampling**: when a stream's events arrive faster than `delivery.sampling_threshold_per_s`,
@@ -19,8 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet as RPacket, Publish as RPublish};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +27,9 @@ use wire::event::encode_frame;
 use wire::time::now_ms;
 use wire::{topics, StreamId};
 
+use crate::fanout::Fanout;
 use crate::reactions::Flusher;
 use crate::registry::Registry;
-use crate::router;
 use crate::DeliveryConfig;
 
 /// Deliveries taken from the queue in one go before frames are decided.
@@ -143,7 +141,7 @@ impl Default for Pending {
 const RATE_BUCKET: Duration = Duration::from_secs(1);
 
 struct Relay {
-    link: LinkTx,
+    fanout: Arc<Fanout>,
     registry: Arc<Registry>,
     reactions: Arc<Flusher>,
     sampling_threshold: f64,
@@ -163,17 +161,14 @@ struct Relay {
 pub(crate) async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     mut local: mpsc::Receiver<crate::connection::Local>,
-    (link, link_rx): (LinkTx, LinkRx),
+    fanout: Arc<Fanout>,
     registry: Arc<Registry>,
     reactions: Arc<Flusher>,
     config: DeliveryConfig,
     stop: CancellationToken,
 ) {
-    // Nothing is expected back on the relay's link; keep it drained so the router never
-    // stalls on it.
-    let drain = tokio::spawn(drain_link(link_rx));
     let mut relay = Relay {
-        link,
+        fanout,
         registry,
         reactions,
         sampling_threshold: f64::from(config.sampling_threshold_per_s),
@@ -239,7 +234,6 @@ pub(crate) async fn run(
             }
         }
     }
-    drain.abort();
     tracing::info!("relay flushed");
 }
 
@@ -287,12 +281,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-async fn drain_link(mut rx: LinkRx) {
-    while let Ok(n) = rx.next().await {
-        tracing::trace!(?n, "relay link notification");
-    }
-}
-
 impl Relay {
     fn take(&mut self, d: Delivery) {
         match d {
@@ -311,9 +299,7 @@ impl Relay {
                 self.order(stream, seq, a);
             }
             Delivery::Topic { topic, payload } => {
-                if let Err(e) = router::publish(&mut self.link, topic, payload) {
-                    tracing::error!(error = %e, "publishing a message failed");
-                }
+                self.fanout.publish(&topic, payload);
             }
             Delivery::Likes { stream, counts } => {
                 self.reactions.reactions.note_likes(stream, counts)
@@ -346,12 +332,7 @@ impl Relay {
                     return;
                 }
                 *last = version;
-                // A full packet (unlike `publish`) keeps the retain flag.
-                let publish = RPublish::new(Bytes::from(topic), payload, true);
-                let packet = RPacket::Publish(publish, None);
-                if let Err(e) = router::send_packets(&mut self.link, vec![packet]) {
-                    tracing::error!(error = %e, "publishing a retained message failed");
-                }
+                self.fanout.retain(&topic, payload);
             }
         }
     }
@@ -524,10 +505,7 @@ impl Relay {
             }
             let frame = encode_frame(&events[start..end]);
             start = end;
-            if let Err(e) = router::publish(&mut self.link, topic.clone(), frame) {
-                tracing::error!(error = %e, "publishing a frame failed");
-                return;
-            }
+            self.fanout.publish(&topic, frame);
             metrics::counter!("livecomments_frames_published_total").increment(1);
         }
         metrics::counter!("livecomments_events_published_total").increment(events.len() as u64);

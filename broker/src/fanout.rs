@@ -1,0 +1,187 @@
+//! The node's fan-out: each concrete topic with local subscribers has one broadcast channel of
+//! frames; every subscribed connection holds a receiver on it and writes what arrives.
+//!
+//! Why not rumqttd's router (which did this until 2026-12): every rumqttd link reserves
+//! per-link queues sized by compile-time constants (two 200-entry deques, a 100-entry cache and
+//! two 100-entry ack logs, ~200 KB of address space), so an idle viewer cost ~40 KB of RSS, and
+//! its filter logs and session records are never freed. Our subscriptions are already
+//! concrete topics inside one stream (the gatekeeper expands filters), so the fan-out needs no
+//! filter matching: a topic → channel map is the whole of it. A receiver is a cursor into the
+//! topic's ring of frames (`tokio::sync::broadcast`), tens of bytes per viewer; a viewer more
+//! than `mqtt.backlog_frames` behind skips ahead (counted as
+//! `livecomments_deliveries_skipped_total`) and catches up over HTTP, as before.
+//!
+//! Retained messages (a stream's state and pin) live here too: the newest per topic, handed to
+//! each new subscriber with its receiver under one lock, so a subscriber gets a retained
+//! message either as the retained copy or as a frame, never both and never neither.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+/// Concrete topic → its channel and retained message.
+pub(crate) struct Fanout {
+    topics: Mutex<HashMap<String, Topic>>,
+    backlog: usize,
+}
+
+#[derive(Default)]
+struct Topic {
+    /// Present while someone subscribes (the ring is allocated with the channel).
+    tx: Option<broadcast::Sender<Bytes>>,
+    retained: Option<Bytes>,
+}
+
+impl Fanout {
+    /// `backlog`: frames kept per topic for subscribers that fall behind.
+    pub(crate) fn new(backlog: usize) -> Fanout {
+        Fanout {
+            topics: Mutex::new(HashMap::new()),
+            backlog: backlog.max(1),
+        }
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Topic>> {
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Subscribes to one concrete topic: a receiver of every frame published from now on, and
+    /// the topic's retained message, if any, to write first.
+    pub(crate) fn subscribe(&self, topic: &str) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
+        let mut topics = self.topics();
+        let t = topics.entry(topic.to_owned()).or_default();
+        let rx = match &t.tx {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(self.backlog);
+                t.tx = Some(tx);
+                rx
+            }
+        };
+        (rx, t.retained.clone())
+    }
+
+    /// Called after a subscriber dropped its receiver: frees the topic's channel once nobody
+    /// holds one (a retained message stays).
+    pub(crate) fn unsubscribed(&self, topic: &str) {
+        let mut topics = self.topics();
+        if let Some(t) = topics.get_mut(topic) {
+            Self::collect(t);
+            if t.tx.is_none() && t.retained.is_none() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    /// Publishes a frame to the topic's current subscribers; returns how many there were.
+    pub(crate) fn publish(&self, topic: &str, payload: Bytes) -> usize {
+        let mut topics = self.topics();
+        let Some(t) = topics.get_mut(topic) else {
+            return 0;
+        };
+        let n =
+            t.tx.as_ref()
+                .and_then(|tx| tx.send(payload).ok())
+                .unwrap_or(0);
+        if n == 0 {
+            Self::collect(t);
+            if t.tx.is_none() && t.retained.is_none() {
+                topics.remove(topic);
+            }
+        }
+        n
+    }
+
+    /// Replaces the topic's retained message and sends it to the current subscribers.
+    pub(crate) fn retain(&self, topic: &str, payload: Bytes) {
+        let mut topics = self.topics();
+        let t = topics.entry(topic.to_owned()).or_default();
+        t.retained = Some(payload.clone());
+        if let Some(tx) = &t.tx {
+            let _ = tx.send(payload);
+        }
+        Self::collect(t);
+    }
+
+    /// Drops a channel nobody receives from.
+    fn collect(t: &mut Topic) {
+        if t.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            t.tx = None;
+        }
+    }
+
+    /// Topics with a channel or a retained message (for tests and metrics).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.topics().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn frames_reach_every_subscriber_of_the_topic_only() {
+        let f = Fanout::new(8);
+        let (mut a, _) = f.subscribe("streams/s/comments");
+        let (mut c, _) = f.subscribe("streams/s/comments");
+        let (mut other, _) = f.subscribe("streams/t/comments");
+        assert_eq!(f.publish("streams/s/comments", b("1")), 2);
+        assert_eq!(a.try_recv().unwrap(), b("1"));
+        assert_eq!(c.try_recv().unwrap(), b("1"));
+        assert_eq!(other.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(
+            f.publish("streams/u/comments", b("x")),
+            0,
+            "nobody subscribes"
+        );
+    }
+
+    #[test]
+    fn the_channel_goes_with_the_last_subscriber_and_retained_stays() {
+        let f = Fanout::new(8);
+        let (a, _) = f.subscribe("streams/s/comments");
+        drop(a);
+        f.unsubscribed("streams/s/comments");
+        assert_eq!(f.len(), 0);
+
+        f.retain("streams/s/state", b("v1"));
+        let (mut a, retained) = f.subscribe("streams/s/state");
+        assert_eq!(retained, Some(b("v1")));
+        assert_eq!(a.try_recv(), Err(TryRecvError::Empty), "not sent twice");
+        f.retain("streams/s/state", b("v2"));
+        assert_eq!(a.try_recv().unwrap(), b("v2"));
+        drop(a);
+        f.unsubscribed("streams/s/state");
+        assert_eq!(f.len(), 1, "the retained message outlives its subscribers");
+        assert_eq!(f.subscribe("streams/s/state").1, Some(b("v2")));
+    }
+
+    #[test]
+    fn a_publish_without_receivers_frees_the_channel() {
+        let f = Fanout::new(8);
+        let (a, _) = f.subscribe("streams/s/comments");
+        drop(a);
+        assert_eq!(f.publish("streams/s/comments", b("1")), 0);
+        assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn a_subscriber_further_behind_than_the_backlog_skips_ahead() {
+        let f = Fanout::new(4);
+        let (mut a, _) = f.subscribe("t");
+        for i in 0..10u8 {
+            f.publish("t", Bytes::from(vec![i]));
+        }
+        assert_eq!(a.try_recv(), Err(TryRecvError::Lagged(6)));
+        assert_eq!(a.try_recv().unwrap(), Bytes::from(vec![6u8]));
+    }
+}
