@@ -342,8 +342,24 @@ impl Session {
         loop {
             let reading = self.reader.is_some();
             let step = tokio::select! {
-                // Stop conditions first, so a cancelled intake wins over pending input.
+                // Deliveries first: a frame wakes every viewer of a stream at once, and the
+                // branches after a ready one are not polled (each `cancelled()` poll takes a
+                // lock). Stop conditions come before input, so a cancelled intake wins over
+                // pending input.
                 biased;
+                Some((_, frame)) = self.subs.next(), if !self.subs.is_empty() => {
+                    self.on_frames(frame).await
+                }
+                Some(message) = direct_rx.recv() => {
+                    let mut r = self.write_direct(message);
+                    while r.is_ok() {
+                        match direct_rx.try_recv() {
+                            Ok(m) => r = self.write_direct(m),
+                            Err(_) => break,
+                        }
+                    }
+                    r
+                }
                 _ = shutdown.close.cancelled() => Err(Close::Shutdown),
                 _ = kicked.cancelled() => Err(Close::TakenOver),
                 _ = shutdown.intake.cancelled(), if reading => {
@@ -358,19 +374,6 @@ impl Session {
                 } else {
                     Close::KeepAlive
                 }),
-                Some((topic, frame)) = self.subs.next(), if !self.subs.is_empty() => {
-                    self.on_frames(topic, frame).await
-                }
-                Some(message) = direct_rx.recv() => {
-                    let mut r = self.write_direct(message);
-                    while r.is_ok() {
-                        match direct_rx.try_recv() {
-                            Ok(m) => r = self.write_direct(m),
-                            Err(_) => break,
-                        }
-                    }
-                    r
-                }
                 r = self.transport.read(&mut self.read_buf), if reading => match r {
                     Ok(0) => Err(Close::PeerClosed),
                     Ok(_) => {
@@ -612,9 +615,8 @@ impl Session {
         for topic in new_topics {
             let (rx, retained) = self.ctx.fanout.subscribe(&topic);
             if let Some(payload) = retained {
-                let mut publish = CPublish::from_bytes(topic.clone(), CQoS::AtMostOnce, payload);
-                publish.retain = true;
-                self.write_packet(CPacket::Publish(publish))?;
+                self.out
+                    .extend_from_slice(&crate::fanout::encode_publish(&topic, payload, true));
             }
             self.subs.insert(topic, BroadcastStream::new(rx));
         }
@@ -696,24 +698,23 @@ impl Session {
         }
     }
 
-    /// Writes out a frame and every other one already waiting, in one go.
+    /// Writes out a frame (an encoded PUBLISH, the same bytes for every viewer) and every
+    /// other one already waiting, in one go.
     async fn on_frames(
         &mut self,
-        topic: String,
         first: Result<Bytes, BroadcastStreamRecvError>,
     ) -> Result<(), Close> {
-        let mut next = Some((topic, first));
-        while let Some((topic, frame)) = next {
+        let mut next = Some(first);
+        while let Some(frame) = next {
             match frame {
-                Ok(payload) => {
+                Ok(packet) => {
                     self.delivered += 1;
-                    let publish = CPublish::from_bytes(topic, CQoS::AtMostOnce, payload);
-                    self.write_packet(CPacket::Publish(publish))?;
+                    self.out.extend_from_slice(&packet);
                 }
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     // More than `mqtt.backlog_frames` behind: the oldest are gone; the client
                     // sees the `seq` gap and catches up over HTTP.
-                    tracing::debug!(%topic, skipped = n, "viewer fell behind");
+                    tracing::debug!(skipped = n, "viewer fell behind");
                     metrics::counter!("livecomments_deliveries_skipped_total").increment(n);
                 }
             }
@@ -721,7 +722,7 @@ impl Session {
                 self.flush().await?;
             }
             // Take whatever else is ready without waiting.
-            next = self.subs.next().now_or_never().flatten();
+            next = self.subs.next().now_or_never().flatten().map(|(_, f)| f);
         }
         if self.delivered > 0 {
             metrics::counter!("livecomments_deliveries_total").increment(self.delivered);

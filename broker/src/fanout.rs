@@ -1,5 +1,7 @@
 //! The node's fan-out: each concrete topic with local subscribers has one broadcast channel of
-//! frames; every subscribed connection holds a receiver on it and writes what arrives.
+//! frames; every subscribed connection holds a receiver on it and writes what arrives. A frame
+//! travels as its encoded MQTT PUBLISH (QoS 0, no packet id: the same bytes for every viewer),
+//! so it is encoded once per node, not once per viewer.
 //!
 //! Why not rumqttd's router (which did this until 2026-12): every rumqttd link reserves
 //! per-link queues sized by compile-time constants (two 200-entry deques, a 100-entry cache and
@@ -18,8 +20,21 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::Publish;
+use rumqttc::mqttbytes::QoS;
 use tokio::sync::broadcast;
+
+/// Encodes a QoS 0 PUBLISH of `payload` on `topic`.
+pub(crate) fn encode_publish(topic: &str, payload: Bytes, retain: bool) -> Bytes {
+    let mut publish = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
+    publish.retain = retain;
+    let mut out = BytesMut::with_capacity(publish.size());
+    publish
+        .write(&mut out)
+        .expect("a QoS 0 publish always encodes");
+    out.freeze()
+}
 
 /// Concrete topic → its channel and retained message.
 pub(crate) struct Fanout {
@@ -29,8 +44,10 @@ pub(crate) struct Fanout {
 
 #[derive(Default)]
 struct Topic {
-    /// Present while someone subscribes (the ring is allocated with the channel).
+    /// Present while someone subscribes (the ring is allocated with the channel); carries
+    /// encoded PUBLISH packets.
     tx: Option<broadcast::Sender<Bytes>>,
+    /// The payload (encoded with the retain flag for each new subscriber).
     retained: Option<Bytes>,
 }
 
@@ -47,8 +64,8 @@ impl Fanout {
         self.topics.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes to one concrete topic: a receiver of every frame published from now on, and
-    /// the topic's retained message, if any, to write first.
+    /// Subscribes to one concrete topic: a receiver of every frame published from now on (as
+    /// encoded PUBLISH packets), and the topic's retained payload, if any, to write first.
     pub(crate) fn subscribe(&self, topic: &str) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
         let mut topics = self.topics();
         let t = topics.entry(topic.to_owned()).or_default();
@@ -77,13 +94,14 @@ impl Fanout {
 
     /// Publishes a frame to the topic's current subscribers; returns how many there were.
     pub(crate) fn publish(&self, topic: &str, payload: Bytes) -> usize {
+        let packet = encode_publish(topic, payload, false);
         let mut topics = self.topics();
         let Some(t) = topics.get_mut(topic) else {
             return 0;
         };
         let n =
             t.tx.as_ref()
-                .and_then(|tx| tx.send(payload).ok())
+                .and_then(|tx| tx.send(packet).ok())
                 .unwrap_or(0);
         if n == 0 {
             Self::collect(t);
@@ -98,10 +116,11 @@ impl Fanout {
     pub(crate) fn retain(&self, topic: &str, payload: Bytes) {
         let mut topics = self.topics();
         let t = topics.entry(topic.to_owned()).or_default();
-        t.retained = Some(payload.clone());
         if let Some(tx) = &t.tx {
-            let _ = tx.send(payload);
+            // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1 §3.3.1.3).
+            let _ = tx.send(encode_publish(topic, payload.clone(), false));
         }
+        t.retained = Some(payload);
         Self::collect(t);
     }
 
@@ -128,6 +147,19 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    /// The payload of an encoded QoS 0 PUBLISH on `topic` (and its retain flag).
+    fn payload(packet: Bytes, topic: &str) -> (Bytes, bool) {
+        let mut buf = BytesMut::from(&packet[..]);
+        match rumqttc::mqttbytes::v4::Packet::read(&mut buf, 1 << 20).unwrap() {
+            rumqttc::mqttbytes::v4::Packet::Publish(p) => {
+                assert_eq!(p.topic, topic);
+                assert!(buf.is_empty(), "one packet");
+                (p.payload, p.retain)
+            }
+            other => panic!("not a publish: {other:?}"),
+        }
+    }
+
     #[test]
     fn frames_reach_every_subscriber_of_the_topic_only() {
         let f = Fanout::new(8);
@@ -135,8 +167,14 @@ mod tests {
         let (mut c, _) = f.subscribe("streams/s/comments");
         let (mut other, _) = f.subscribe("streams/t/comments");
         assert_eq!(f.publish("streams/s/comments", b("1")), 2);
-        assert_eq!(a.try_recv().unwrap(), b("1"));
-        assert_eq!(c.try_recv().unwrap(), b("1"));
+        assert_eq!(
+            payload(a.try_recv().unwrap(), "streams/s/comments"),
+            (b("1"), false)
+        );
+        assert_eq!(
+            payload(c.try_recv().unwrap(), "streams/s/comments"),
+            (b("1"), false)
+        );
         assert_eq!(other.try_recv(), Err(TryRecvError::Empty));
         assert_eq!(
             f.publish("streams/u/comments", b("x")),
@@ -158,7 +196,11 @@ mod tests {
         assert_eq!(retained, Some(b("v1")));
         assert_eq!(a.try_recv(), Err(TryRecvError::Empty), "not sent twice");
         f.retain("streams/s/state", b("v2"));
-        assert_eq!(a.try_recv().unwrap(), b("v2"));
+        assert_eq!(
+            payload(a.try_recv().unwrap(), "streams/s/state"),
+            (b("v2"), false),
+            "live, without the retain flag"
+        );
         drop(a);
         f.unsubscribed("streams/s/state");
         assert_eq!(f.len(), 1, "the retained message outlives its subscribers");
@@ -182,6 +224,9 @@ mod tests {
             f.publish("t", Bytes::from(vec![i]));
         }
         assert_eq!(a.try_recv(), Err(TryRecvError::Lagged(6)));
-        assert_eq!(a.try_recv().unwrap(), Bytes::from(vec![6u8]));
+        assert_eq!(
+            payload(a.try_recv().unwrap(), "t").0,
+            Bytes::from(vec![6u8])
+        );
     }
 }
