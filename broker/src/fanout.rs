@@ -93,20 +93,22 @@ impl Fanout {
     }
 
     /// Publishes a frame to the topic's current subscribers; returns how many there were.
+    ///
+    /// The send (which wakes every subscriber) happens outside the map's lock, so
+    /// connections subscribing to other topics meanwhile do not wait on it.
     pub(crate) fn publish(&self, topic: &str, payload: Bytes) -> usize {
-        let packet = encode_publish(topic, payload, false);
-        let mut topics = self.topics();
-        let Some(t) = topics.get_mut(topic) else {
+        let Some(tx) = self.topics().get(topic).and_then(|t| t.tx.clone()) else {
             return 0;
         };
-        let n =
-            t.tx.as_ref()
-                .and_then(|tx| tx.send(packet).ok())
-                .unwrap_or(0);
+        let n = tx.send(encode_publish(topic, payload, false)).unwrap_or(0);
         if n == 0 {
-            Self::collect(t);
-            if t.tx.is_none() && t.retained.is_none() {
-                topics.remove(topic);
+            drop(tx);
+            let mut topics = self.topics();
+            if let Some(t) = topics.get_mut(topic) {
+                Self::collect(t);
+                if t.tx.is_none() && t.retained.is_none() {
+                    topics.remove(topic);
+                }
             }
         }
         n
