@@ -348,6 +348,14 @@ mod tests {
     }
 
     #[test]
+    fn the_old_router_log_settings_still_load() {
+        let c = with_env(&[("LIVECOMMENTS__MQTT__SEGMENT_SIZE", "1048576")]);
+        assert_eq!(c.mqtt.segment_size, Some(1_048_576));
+        assert_eq!(c.mqtt.backlog_frames, 1024);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+    }
+
+    #[test]
     fn the_cassandra_store_is_configured_by_environment() {
         let c = AppConfig::defaults().unwrap();
         assert_eq!(c.store.backend, StoreBackend::Embedded);

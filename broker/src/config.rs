@@ -23,6 +23,12 @@ pub struct MqttConfig {
     /// Frames kept per subscribed topic for viewers that fall behind; a viewer further behind
     /// skips ahead to the oldest kept frame (and catches up over HTTP with `after_seq`).
     pub backlog_frames: usize,
+    /// Settings of the rumqttd router the node no longer uses (ignored, with a warning at
+    /// start, so configuration files written for it still load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_count: Option<u64>,
 }
 
 /// `[ws]` — MQTT over WebSocket.

@@ -342,24 +342,10 @@ impl Session {
         loop {
             let reading = self.reader.is_some();
             let step = tokio::select! {
-                // Deliveries first: a frame wakes every viewer of a stream at once, and the
-                // branches after a ready one are not polled (each `cancelled()` poll takes a
-                // lock). Stop conditions come before input, so a cancelled intake wins over
-                // pending input.
+                // Stop conditions first, so a cancelled intake wins over pending input; input
+                // before deliveries, so a viewer that cannot keep up with a busy stream still
+                // gets its PINGREQs and posts read (frames are always ready for it).
                 biased;
-                Some((_, frame)) = self.subs.next(), if !self.subs.is_empty() => {
-                    self.on_frames(frame).await
-                }
-                Some(message) = direct_rx.recv() => {
-                    let mut r = self.write_direct(message);
-                    while r.is_ok() {
-                        match direct_rx.try_recv() {
-                            Ok(m) => r = self.write_direct(m),
-                            Err(_) => break,
-                        }
-                    }
-                    r
-                }
                 _ = shutdown.close.cancelled() => Err(Close::Shutdown),
                 _ = kicked.cancelled() => Err(Close::TakenOver),
                 _ = shutdown.intake.cancelled(), if reading => {
@@ -382,6 +368,19 @@ impl Session {
                     }
                     Err(e) => Err(Close::Io(e)),
                 },
+                Some(message) = direct_rx.recv() => {
+                    let mut r = self.write_direct(message);
+                    while r.is_ok() {
+                        match direct_rx.try_recv() {
+                            Ok(m) => r = self.write_direct(m),
+                            Err(_) => break,
+                        }
+                    }
+                    r
+                }
+                Some((_, frame)) = self.subs.next(), if !self.subs.is_empty() => {
+                    self.on_frames(frame).await
+                }
             };
             let step = match step {
                 Ok(()) => self.flush().await,
@@ -792,12 +791,27 @@ impl Session {
                 .unwatch(Channel::User(self.identity.user.clone()));
         }
         reg.leave(&self.identity.user, &self.client_id, self.uid);
+        self.leave_fanout();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close()).await;
+    }
+}
+
+impl Session {
+    /// Drops this connection's receivers and lets the fan-out free channels nobody holds.
+    fn leave_fanout(&mut self) {
         let topics: Vec<String> = self.subs.keys().cloned().collect();
         self.subs.clear();
         for t in topics {
             self.ctx.fanout.unsubscribed(&t);
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close()).await;
+    }
+}
+
+/// A connection task that panicked never reaches `teardown`; its fan-out channels are still
+/// given back.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave_fanout();
     }
 }
 

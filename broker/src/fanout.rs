@@ -14,8 +14,12 @@
 //! `livecomments_deliveries_skipped_total`) and catches up over HTTP, as before.
 //!
 //! Retained messages (a stream's state and pin) live here too: the newest per topic, handed to
-//! each new subscriber with its receiver under one lock, so a subscriber gets a retained
+//! each new subscriber with its receiver under one lock, so a subscriber gets each retained
 //! message either as the retained copy or as a frame, never both and never neither.
+//!
+//! Only `…/comments` topics get the full `mqtt.backlog_frames` ring (a channel's ring is
+//! allocated when it is made, ~56 bytes a slot); the others carry at most a few messages a
+//! second (reactions, presence) or rarely anything (state, pin) and get [`SMALL_BACKLOG`].
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -35,6 +39,9 @@ pub(crate) fn encode_publish(topic: &str, payload: Bytes, retain: bool) -> Bytes
         .expect("a QoS 0 publish always encodes");
     out.freeze()
 }
+
+/// Ring size of topics other than a stream's comments.
+const SMALL_BACKLOG: usize = 64;
 
 /// Concrete topic → its channel and retained message.
 pub(crate) struct Fanout {
@@ -72,7 +79,12 @@ impl Fanout {
         let rx = match &t.tx {
             Some(tx) => tx.subscribe(),
             None => {
-                let (tx, rx) = broadcast::channel(self.backlog);
+                let backlog = if topic.ends_with("/comments") {
+                    self.backlog
+                } else {
+                    self.backlog.min(SMALL_BACKLOG)
+                };
+                let (tx, rx) = broadcast::channel(backlog);
                 t.tx = Some(tx);
                 rx
             }
@@ -116,11 +128,14 @@ impl Fanout {
 
     /// Replaces the topic's retained message and sends it to the current subscribers.
     pub(crate) fn retain(&self, topic: &str, payload: Bytes) {
+        // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1 §3.3.1.3).
+        let live = encode_publish(topic, payload.clone(), false);
         let mut topics = self.topics();
         let t = topics.entry(topic.to_owned()).or_default();
         if let Some(tx) = &t.tx {
-            // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1 §3.3.1.3).
-            let _ = tx.send(encode_publish(topic, payload.clone(), false));
+            // Under the lock (unlike `publish`): a subscriber gets this copy or the retained
+            // one, never both. Retained messages change rarely.
+            let _ = tx.send(live);
         }
         t.retained = Some(payload);
         Self::collect(t);
@@ -207,6 +222,36 @@ mod tests {
         f.unsubscribed("streams/s/state");
         assert_eq!(f.len(), 1, "the retained message outlives its subscribers");
         assert_eq!(f.subscribe("streams/s/state").1, Some(b("v2")));
+    }
+
+    #[test]
+    fn one_subscriber_leaving_keeps_the_channel_for_the_others() {
+        let f = Fanout::new(8);
+        let (a, _) = f.subscribe("streams/s/comments");
+        let (mut c, _) = f.subscribe("streams/s/comments");
+        drop(a);
+        f.unsubscribed("streams/s/comments");
+        assert_eq!(f.publish("streams/s/comments", b("1")), 1);
+        assert_eq!(
+            payload(c.try_recv().unwrap(), "streams/s/comments"),
+            (b("1"), false)
+        );
+    }
+
+    #[test]
+    fn only_comment_topics_get_the_full_backlog() {
+        let f = Fanout::new(1000);
+        let (mut comments, _) = f.subscribe("streams/s/comments");
+        let (mut presence, _) = f.subscribe("streams/s/presence");
+        for i in 0..200u8 {
+            f.publish("streams/s/comments", Bytes::from(vec![i]));
+            f.publish("streams/s/presence", Bytes::from(vec![i]));
+        }
+        assert!(comments.try_recv().is_ok(), "200 frames fit in 1000");
+        assert_eq!(
+            presence.try_recv(),
+            Err(TryRecvError::Lagged(200 - SMALL_BACKLOG as u64))
+        );
     }
 
     #[test]

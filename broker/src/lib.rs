@@ -108,6 +108,12 @@ impl Node {
         deps: BrokerDeps,
         shutdown: NodeShutdown,
     ) -> Result<Node, BrokerError> {
+        if config.mqtt.segment_size.is_some() || config.mqtt.segment_count.is_some() {
+            tracing::warn!(
+                "mqtt.segment_size and mqtt.segment_count are ignored: the node fans out itself \
+                 (see mqtt.backlog_frames)"
+            );
+        }
         let fanout = Arc::new(fanout::Fanout::new(config.mqtt.backlog_frames));
         let registry = Arc::new(registry::Registry::default());
         let connections = TaskTracker::new();
