@@ -75,6 +75,7 @@ impl Fanout {
     /// encoded PUBLISH packets), and the topic's retained payload, if any, to write first.
     pub(crate) fn subscribe(&self, topic: &str) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
         let mut topics = self.topics();
+        let before = topics.len();
         let t = topics.entry(topic.to_owned()).or_default();
         let rx = match &t.tx {
             Some(tx) => tx.subscribe(),
@@ -89,17 +90,24 @@ impl Fanout {
                 rx
             }
         };
-        (rx, t.retained.clone())
+        let retained = t.retained.clone();
+        if topics.len() != before {
+            metrics::gauge!("livecomments_fanout_topics").set(topics.len() as f64);
+        }
+        (rx, retained)
     }
 
-    /// Called after a subscriber dropped its receiver: frees the topic's channel once nobody
-    /// holds one (a retained message stays).
+    /// Called after a subscriber dropped its receiver (or a publish found nobody): frees the
+    /// topic's channel once nobody holds one (a retained message stays). The gauge
+    /// `livecomments_fanout_topics` counts topics with a channel or a retained message, so a
+    /// leak shows.
     pub(crate) fn unsubscribed(&self, topic: &str) {
         let mut topics = self.topics();
         if let Some(t) = topics.get_mut(topic) {
             Self::collect(t);
             if t.tx.is_none() && t.retained.is_none() {
                 topics.remove(topic);
+                metrics::gauge!("livecomments_fanout_topics").set(topics.len() as f64);
             }
         }
     }
@@ -115,13 +123,7 @@ impl Fanout {
         let n = tx.send(encode_publish(topic, payload, false)).unwrap_or(0);
         if n == 0 {
             drop(tx);
-            let mut topics = self.topics();
-            if let Some(t) = topics.get_mut(topic) {
-                Self::collect(t);
-                if t.tx.is_none() && t.retained.is_none() {
-                    topics.remove(topic);
-                }
-            }
+            self.unsubscribed(topic);
         }
         n
     }
@@ -131,6 +133,7 @@ impl Fanout {
         // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1 §3.3.1.3).
         let live = encode_publish(topic, payload.clone(), false);
         let mut topics = self.topics();
+        let before = topics.len();
         let t = topics.entry(topic.to_owned()).or_default();
         if let Some(tx) = &t.tx {
             // Under the lock (unlike `publish`): a subscriber gets this copy or the retained
@@ -139,6 +142,9 @@ impl Fanout {
         }
         t.retained = Some(payload);
         Self::collect(t);
+        if topics.len() != before {
+            metrics::gauge!("livecomments_fanout_topics").set(topics.len() as f64);
+        }
     }
 
     /// Drops a channel nobody receives from.
