@@ -50,18 +50,25 @@ async fn read_until_in(
     }
 }
 
+/// Opens a raw connection and sends CONNECT and SUBSCRIBE to `filter` in one write, without
+/// waiting for the CONNACK.
+async fn connect_and_subscribe(sys: &System, id: &str, filter: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", sys.mqtt_port()))
+        .await
+        .unwrap();
+    let mut b = connect_bytes(sys, id);
+    Packet::Subscribe(Subscribe::new(filter, QoS::AtMostOnce))
+        .write(&mut b, usize::MAX)
+        .unwrap();
+    s.write_all(&b).await.unwrap();
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_sent_together_with_connect_are_served() {
     let sys = System::start().await;
     sys.live_stream("s1").await;
-    let mut s = TcpStream::connect(("127.0.0.1", sys.mqtt_port()))
-        .await
-        .unwrap();
-    let mut b = connect_bytes(&sys, "pipe");
-    Packet::Subscribe(Subscribe::new("streams/s1/state", QoS::AtMostOnce))
-        .write(&mut b, usize::MAX)
-        .unwrap();
-    s.write_all(&b).await.unwrap(); // CONNECT and SUBSCRIBE in one write, no waiting
+    let mut s = connect_and_subscribe(&sys, "pipe", "streams/s1/state").await;
     let got = read_until(&mut s, |p| matches!(p, Packet::Publish(_))).await;
     assert!(matches!(got.first(), Some(Packet::ConnAck(_))), "{got:?}");
     assert!(
@@ -81,14 +88,7 @@ async fn packets_sent_together_with_connect_are_served() {
 async fn retained_state_comes_once_on_subscribe_and_changes_come_live() {
     let sys = System::start().await;
     sys.live_stream("s1").await;
-    let mut s = TcpStream::connect(("127.0.0.1", sys.mqtt_port()))
-        .await
-        .unwrap();
-    let mut b = connect_bytes(&sys, "ret");
-    Packet::Subscribe(Subscribe::new("streams/s1/state", QoS::AtMostOnce))
-        .write(&mut b, usize::MAX)
-        .unwrap();
-    s.write_all(&b).await.unwrap();
+    let mut s = connect_and_subscribe(&sys, "ret", "streams/s1/state").await;
     let mut buf = BytesMut::new();
     let got = read_until_in(&mut s, &mut buf, |p| matches!(p, Packet::Publish(_))).await;
     match got.last() {
