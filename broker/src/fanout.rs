@@ -154,7 +154,7 @@ impl Fanout {
         }
     }
 
-    /// Topics with a channel or a retained message (for tests and metrics).
+    /// Topics with a channel or a retained message.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.topics().len()
