@@ -284,10 +284,16 @@ mod cassandra {
             Proxy { addr, tasks }
         }
 
-        /// Closes the listener and every connection: to the driver, the node died.
-        fn cut(&self) {
-            for t in self.tasks.lock().unwrap().drain(..) {
+        /// Closes the listener and every connection: to the driver, the node died. Waits
+        /// until the aborted tasks have dropped their sockets: `abort` only asks, and a
+        /// listener still open when the test binds the port again fails with AddrInUse.
+        async fn cut(&self) {
+            let tasks: Vec<JoinHandle<()>> = self.tasks.lock().unwrap().drain(..).collect();
+            for t in &tasks {
                 t.abort();
+            }
+            for t in tasks {
+                let _ = t.await;
             }
         }
     }
@@ -309,7 +315,7 @@ mod cassandra {
         let s1 = ns.stream("s1");
         assert_eq!(store.last_seq(&s1).await.unwrap(), 0);
 
-        proxy.cut();
+        proxy.cut().await;
         let started = Instant::now();
         assert_unavailable(store.last_seq(&s1).await);
         let events = vec![wire::store::StoredEvent::Comment(suite::stored(
@@ -342,6 +348,6 @@ mod cassandra {
             }
         }
         assert_eq!(store.last_seq(&s1).await.unwrap(), 1);
-        back.cut();
+        back.cut().await;
     }
 }
