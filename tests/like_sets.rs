@@ -281,3 +281,96 @@ async fn a_set_whose_decisions_were_not_stored_is_seeded_again_from_the_store() 
         "nothing stored for a removed comment"
     );
 }
+
+/// A like is fire-and-forget: nobody is told when it could not be stored, so the bus is its
+/// retry. Its submission stays pending, is claimed again after `claim_idle_ms`, and counts
+/// once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_like_the_store_failed_is_retried_from_the_bus() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use bridge::bus::redis::{RedisBus, RedisBusConfig};
+    use wire::bus::Bus;
+
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(dir.path());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let bus = Arc::new(
+        RedisBus::connect(
+            RedisBusConfig {
+                url: s._redis.url(),
+                prefix: "lc".into(),
+                claim_idle_ms: 600,
+                unwatch_linger_ms: 200,
+                queue_capacity: 64,
+            },
+            "bridge-1".into(),
+            stop.clone(),
+        )
+        .await
+        .unwrap(),
+    );
+    let shutdown = bridge::BridgeShutdown::default();
+    let (_bridge, tasks) = bridge::Bridge::start(
+        config.bridge.clone(),
+        bridge::BridgeDeps {
+            store: s.store.clone(),
+            bus: bus.clone(),
+            streams: wire::streams::StreamDirectory::new(s.store.clone()),
+            moderation: Arc::new(moderation::Moderation::new(config.moderation.clone())),
+            accepted: None,
+            sequencer: Arc::new(bridge::sequence::MemorySequencer::default()),
+            limits: Arc::new(bridge::limits::LocalLimits::new(0, Duration::from_secs(1))),
+            claims: Arc::new(bridge::claims::LocalClaims::default()),
+            likes: Arc::new(s.bridge().await),
+        },
+        shutdown.clone(),
+    )
+    .unwrap();
+
+    s.flaky.fail_write_likes.store(true, Ordering::SeqCst);
+    let mut like = common::post("unused");
+    like.kind = wire::bus::SubmissionKind::Like;
+    like.author.id = UserId::new("u1").unwrap();
+    like.payload = serde_json::json!({"emoji": "👍", "comment_id": "id1"})
+        .to_string()
+        .into();
+    bus.submit(like).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while s.likes_stored("id1").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the like was not retried after the store failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !s.flaky.fail_write_likes.load(Ordering::SeqCst),
+        "the first attempt failed"
+    );
+    assert_eq!(s.likes_stored("id1").await, 1);
+    // Once stored, the submission is confirmed: nothing stays pending to be applied again.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let pending = s.redis("XLEN", "lc:submissions").await;
+        if pending == redis::Value::Int(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still on the bus: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.consumer.cancel();
+    shutdown.writer.cancel();
+    tokio::time::timeout(common::WAIT, tasks.writer)
+        .await
+        .expect("the writer stopped")
+        .unwrap();
+    stop.cancel();
+    assert_eq!(s.likes_stored("id1").await, 1, "counted once");
+}

@@ -29,6 +29,8 @@ pub struct Flaky {
     pub fail_commit: AtomicBool,
     /// The next `write_likes` is applied, then reported failed.
     pub fail_after_write_likes: AtomicBool,
+    /// The next `write_likes` fails without applying anything.
+    pub fail_write_likes: AtomicBool,
     /// While `true`, commits wait before they start.
     hold: watch::Sender<bool>,
     /// How many commits wait for `hold` to end.
@@ -42,6 +44,7 @@ impl Flaky {
             fail_after_commit: AtomicBool::new(false),
             fail_commit: AtomicBool::new(false),
             fail_after_write_likes: AtomicBool::new(false),
+            fail_write_likes: AtomicBool::new(false),
             hold: watch::Sender::new(false),
             held: watch::Sender::new(0),
         }
@@ -191,6 +194,9 @@ impl Store for Flaky {
         self.inner.set_likes(c).await
     }
     async fn write_likes(&self, c: &[wire::store::DecidedLike]) -> Result<Vec<bool>, StoreError> {
+        if self.fail_write_likes.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Backend("unavailable (not applied)".into()));
+        }
         let stored = self.inner.write_likes(c).await?;
         if self.fail_after_write_likes.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Task("request timed out (applied)".into()));

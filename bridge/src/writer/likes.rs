@@ -20,7 +20,10 @@ struct Body {
 }
 
 impl Writer {
-    pub(super) async fn process_likes(&mut self, likes: Vec<Submission>) {
+    /// Decides, stores and publishes `likes`; false when they could not be stored (nothing
+    /// or only some of them may be, and the like sets were told to start again from the
+    /// store, so applying them all again is safe).
+    pub(super) async fn process_likes(&mut self, likes: Vec<Submission>) -> bool {
         let changes: Vec<LikeChange> = likes
             .iter()
             .filter_map(|s| match serde_json::from_slice::<Body>(&s.payload) {
@@ -39,13 +42,13 @@ impl Writer {
             })
             .collect();
         if changes.is_empty() {
-            return;
+            return true;
         }
         let counts = match self.deps.likes.apply(&*self.deps.store, &changes).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, count = changes.len(), "storing likes failed");
-                return;
+                return false;
             }
         };
         // The latest count per comment, grouped by stream.
@@ -68,5 +71,6 @@ impl Writer {
                 tracing::warn!(error = %e, "publishing like counts failed");
             }
         }
+        true
     }
 }

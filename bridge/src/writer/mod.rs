@@ -90,28 +90,37 @@ impl Writer {
     /// in arrival order.
     async fn process(&mut self, jobs: Vec<Job>) {
         let mut posts = Vec::new();
-        let mut likes = Vec::new();
+        let mut likes = Likes::default();
         // Receipts of bus submissions, confirmed once everything in this batch is answered.
         let mut receipts = Vec::new();
         for job in jobs {
-            if let Job::Submit {
-                receipt: Some(r), ..
-            } = &job
-            {
-                receipts.push(r.clone());
-            }
             match job {
                 Job::Submit {
-                    submission, reply, ..
-                } if submission.kind == SubmissionKind::Post => posts.push((submission, reply)),
+                    submission,
+                    reply,
+                    receipt,
+                } if submission.kind == SubmissionKind::Post => {
+                    receipts.extend(receipt);
+                    posts.push((submission, reply));
+                }
                 // Likes do not flush the posts (that would cost a commit per post under like
                 // traffic); posts go first, so a like of a comment in the same batch finds it.
-                Job::Submit { submission, .. } if submission.kind == SubmissionKind::Like => {
-                    likes.push(submission);
+                // Nobody waits for an answer to a like: their receipts are confirmed only once
+                // stored (see `Likes`).
+                Job::Submit {
+                    submission,
+                    receipt,
+                    ..
+                } if submission.kind == SubmissionKind::Like => {
+                    likes.batch.push(submission);
+                    likes.receipts.extend(receipt);
                 }
                 Job::Submit {
-                    submission, reply, ..
+                    submission,
+                    reply,
+                    receipt,
                 } => {
+                    receipts.extend(receipt);
                     self.flush_posts(&mut posts).await;
                     self.flush_likes(&mut likes).await;
                     let outcome = self.report(&submission).await;
@@ -132,6 +141,18 @@ impl Writer {
         }
         self.flush_posts(&mut posts).await;
         self.flush_likes(&mut likes).await;
+        receipts.append(&mut likes.stored);
+        if !likes.failed.is_empty() {
+            // Left pending on the bus, they are claimed again after `claim_idle_ms` (by this
+            // or another bridge) and applied then: the like sets make a retry of a like
+            // that was stored after all change nothing.
+            tracing::warn!(
+                count = likes.failed.len(),
+                "likes not stored; left on the bus to be retried"
+            );
+            metrics::counter!("livecomments_likes_retried_total")
+                .increment(likes.failed.len() as u64);
+        }
         if !receipts.is_empty() {
             if let Err(e) = self.deps.bus.confirm(&receipts).await {
                 // Unconfirmed submissions come back (to this or another bridge); the
@@ -141,10 +162,17 @@ impl Writer {
         }
     }
 
-    async fn flush_likes(&mut self, likes: &mut Vec<wire::bus::Submission>) {
-        if !likes.is_empty() {
-            self.process_likes(std::mem::take(likes)).await;
+    async fn flush_likes(&mut self, likes: &mut Likes) {
+        if likes.batch.is_empty() {
+            return;
         }
+        let stored = self.process_likes(std::mem::take(&mut likes.batch)).await;
+        let done = if stored {
+            &mut likes.stored
+        } else {
+            &mut likes.failed
+        };
+        done.append(&mut likes.receipts);
     }
 
     async fn flush_posts(&mut self, posts: &mut Vec<(wire::bus::Submission, Reply)>) {
@@ -297,6 +325,20 @@ impl Writer {
             None => Ok(None),
         }
     }
+}
+
+/// The likes of a batch between two barriers, and what became of the bus receipts of those
+/// already flushed. A like has no answer a client waits for (it is fire-and-forget), so the
+/// bus is the only retry: receipts of likes that could not be stored stay unconfirmed.
+#[derive(Default)]
+struct Likes {
+    batch: Vec<wire::bus::Submission>,
+    /// Receipts of `batch`.
+    receipts: Vec<String>,
+    /// Receipts of flushed likes that were stored (or will never be: invalid ones).
+    stored: Vec<String>,
+    /// Receipts of flushed likes whose store call failed.
+    failed: Vec<String>,
 }
 
 pub(crate) fn unavailable(client_msg_id: Option<String>) -> Rejected {
