@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{granted, Client, System, WAIT};
 use wire::auth::Role;
 
@@ -35,31 +33,7 @@ async fn connection_churn_leaves_nothing_behind() {
     drop(p);
     drop(v);
     // Every closed connection gave its gauge back.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = sys
-            .http
-            .get(sys.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let open: f64 = text
-            .lines()
-            .find(|l| l.starts_with("livecomments_mqtt_connections{transport=\"tcp\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1.0);
-        if open == 0.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "tcp connections gauge stuck at {open}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sys.metric_becomes("livecomments_mqtt_connections{transport=\"tcp\"}", 0.0)
+        .await;
     sys.stop().await;
 }

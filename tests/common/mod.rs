@@ -162,6 +162,40 @@ impl System {
         v["comments"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The value of the first `/metrics` line starting with `series` (name and labels);
+    /// `None` when there is none.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Waits up to `WAIT` until the `/metrics` series `series` reads `want`.
+    pub async fn metric_becomes(&self, series: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.metric(series).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stuck at {got:?}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn tcp(&self, client_id: &str, token: &str) -> MqttOptions {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", self.mqtt_port());
         o.set_credentials("user", token);
