@@ -337,7 +337,15 @@ impl Session {
         };
         let timer = tokio::time::sleep_until(deadline_after_read(tokio::time::Instant::now()));
         tokio::pin!(timer);
-        let shutdown = self.ctx.shutdown.clone();
+        // Every poll of a token's `cancelled()` takes the token's lock, and the loop polls
+        // them once per frame: the node-wide tokens are watched through child tokens of this
+        // connection's own, so 10 000 viewers woken by one frame do not queue on one lock.
+        let close_token = self.ctx.shutdown.close.child_token();
+        let intake_token = self.ctx.shutdown.intake.child_token();
+        let close = close_token.cancelled();
+        let taken = kicked.cancelled();
+        let intake = intake_token.cancelled();
+        tokio::pin!(close, taken, intake);
 
         loop {
             let reading = self.reader.is_some();
@@ -346,9 +354,9 @@ impl Session {
                 // before deliveries, so a viewer that cannot keep up with a busy stream still
                 // gets its PINGREQs and posts read (frames are always ready for it).
                 biased;
-                _ = shutdown.close.cancelled() => Err(Close::Shutdown),
-                _ = kicked.cancelled() => Err(Close::TakenOver),
-                _ = shutdown.intake.cancelled(), if reading => {
+                _ = &mut close => Err(Close::Shutdown),
+                _ = &mut taken => Err(Close::TakenOver),
+                _ = &mut intake, if reading => {
                     // Nothing new enters once intake stops; deliveries still go out, and the
                     // client is not expected to ping while nobody reads.
                     self.reader = None;
@@ -704,11 +712,20 @@ impl Session {
         first: Result<Bytes, BroadcastStreamRecvError>,
     ) -> Result<(), Close> {
         let mut next = Some(first);
+        // The usual case, one frame and nothing else to write, goes out without a copy.
+        let mut single: Option<Bytes> = None;
         while let Some(frame) = next {
             match frame {
                 Ok(packet) => {
                     self.delivered += 1;
-                    self.out.extend_from_slice(&packet);
+                    if self.out.is_empty() && single.is_none() {
+                        single = Some(packet);
+                    } else {
+                        if let Some(first) = single.take() {
+                            self.out.extend_from_slice(&first);
+                        }
+                        self.out.extend_from_slice(&packet);
+                    }
                 }
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     // More than `mqtt.backlog_frames` behind: the oldest are gone; the client
@@ -722,6 +739,9 @@ impl Session {
             }
             // Take whatever else is ready without waiting.
             next = self.subs.next().now_or_never().flatten().map(|(_, f)| f);
+        }
+        if let Some(packet) = single {
+            self.write_timed(&packet).await?;
         }
         if self.delivered > 0 {
             metrics::counter!("livecomments_deliveries_total").increment(self.delivered);
@@ -761,18 +781,24 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        let limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
-        match tokio::time::timeout(limit, self.transport.write_all(&self.out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Close::Io(e)),
-            Err(_) => return Err(Close::WriteTimeout),
-        }
-        if self.out.capacity() > 64 * 1024 {
-            self.out = BytesMut::new();
-        } else {
+        let out = std::mem::take(&mut self.out);
+        let written = self.write_timed(&out).await;
+        // Keep the buffer for next time, unless a burst made it large.
+        if out.capacity() <= 64 * 1024 {
+            self.out = out;
             self.out.clear();
         }
-        Ok(())
+        written
+    }
+
+    /// Writes `data` to the client; one that does not read for `write_timeout_ms` is closed.
+    async fn write_timed(&mut self, data: &[u8]) -> Result<(), Close> {
+        let limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
+        match tokio::time::timeout(limit, self.transport.write_all(data)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Close::Io(e)),
+            Err(_) => Err(Close::WriteTimeout),
+        }
     }
 
     async fn teardown(&mut self) {
