@@ -20,8 +20,8 @@ pub struct MqttConfig {
     /// Posts one connection may send per second (0 = unlimited); beyond it posts are answered
     /// `rate_limited` by the node without reaching the write path.
     pub max_posts_per_second: u32,
-    /// Frames kept per subscribed topic for viewers that fall behind; a viewer further behind
-    /// skips ahead to the oldest kept frame (and catches up over HTTP with `after_seq`).
+    /// Frames queued per viewer whose socket is full before its oldest queued ones are dropped
+    /// (it sees the `seq` gap and catches up over HTTP with `after_seq`).
     pub backlog_frames: usize,
     /// Settings of the rumqttd router the node no longer uses (ignored, with a warning at
     /// start, so configuration files written for it still load).

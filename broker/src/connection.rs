@@ -2,8 +2,9 @@
 //!
 //! Reads MQTT 3.1.1 packets with rumqttc's codec, applies the topic policy, turns posts into
 //! submissions, answers what it can itself (PINGREQ, PUBACK, SUBACK, inbox messages) and
-//! subscribes to the node's [`Fanout`] only for topics of existing streams. Frames from the
-//! fan-out are written in batches: whatever is ready goes out in one write.
+//! subscribes to the node's [`Fanout`] only for topics of existing streams. The fan-out writes
+//! frames to the client itself; everything this task writes goes through the same
+//! [`Outlet`], and the task writes what the outlet queued while the socket was full.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet as CPacket, PubAck, PubComp, PubRec, Publish as CPublish,
@@ -21,9 +21,6 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{Error as CodecError, Protocol as MqttVersion, QoS as CQoS};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
@@ -34,7 +31,7 @@ use wire::time::now_ms;
 use wire::topics::{self, ClientPublish, SubscribeTarget};
 use wire::StreamId;
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Outlet, WriteError};
 use crate::reactions::Reacted;
 use crate::registry::{Direct, Registry};
 use crate::transport::Transport;
@@ -44,8 +41,6 @@ use crate::{BrokerConfig, BrokerDeps, NodeShutdown};
 const STREAM_EXISTS_CACHE: Duration = Duration::from_secs(60);
 /// How long a stream's status is trusted from cache when counting reactions.
 const STREAM_LIVE_CACHE: Duration = Duration::from_secs(2);
-/// Write to the socket once this much is buffered, even mid-batch.
-const WRITE_CHUNK: usize = 256 * 1024;
 /// Direct messages (inbox answers, private frames) queued per connection before further ones
 /// are dropped.
 const DIRECT_QUEUE: usize = 64;
@@ -211,6 +206,11 @@ pub(crate) async fn serve(
         ctx.deps.bus.watch(Channel::User(identity.user.clone()));
     }
     let inbox_topic = topics::inbox(&identity.user);
+    let socket = match &transport {
+        Transport::Tcp(s) => Some(s.clone()),
+        Transport::Ws(_) => None,
+    };
+    let outlet = ctx.fanout.outlet(socket);
     let mut session = Session {
         ctx: ctx.clone(),
         identity,
@@ -219,7 +219,7 @@ pub(crate) async fn serve(
         transport,
         read_buf,
         out: BytesMut::new(),
-        subs: StreamMap::new(),
+        outlet,
         inbox_topic,
         inbox_subscribed: false,
         filters: HashMap::new(),
@@ -227,7 +227,6 @@ pub(crate) async fn serve(
         watching: HashMap::new(),
         post_limit: post_limiter(ctx.config.mqtt.max_posts_per_second),
         reader: Some(reader),
-        delivered: 0,
     };
     metrics::gauge!("livecomments_mqtt_connections", "transport" => transport_name).increment(1.0);
     async move {
@@ -279,10 +278,10 @@ struct Session {
     uid: u64,
     transport: Transport,
     read_buf: BytesMut,
-    /// Bytes waiting to be written to the client.
+    /// Packets of this task's own, encoded, until the next flush hands them to the outlet.
     out: BytesMut,
-    /// One receiver per topic in `held`, keyed by topic.
-    subs: StreamMap<String, BroadcastStream<Bytes>>,
+    /// Where frames and this task's packets go out, in order (see [`crate::fanout`]).
+    outlet: Arc<Outlet>,
     inbox_topic: String,
     inbox_subscribed: bool,
     /// The client's granted stream filters → the concrete topics each covers.
@@ -296,7 +295,6 @@ struct Session {
     post_limit: Option<DefaultDirectRateLimiter>,
     /// Held while this connection may still read posts from its client.
     reader: Option<TaskTrackerToken>,
-    delivered: u64,
 }
 
 fn post_limiter(per_second: u32) -> Option<DefaultDirectRateLimiter> {
@@ -346,13 +344,14 @@ impl Session {
         let taken = kicked.cancelled();
         let intake = intake_token.cancelled();
         tokio::pin!(close, taken, intake);
+        let outlet = self.outlet.clone();
 
         loop {
             let reading = self.reader.is_some();
             let step = tokio::select! {
                 // Stop conditions first, so a cancelled intake wins over pending input; input
-                // before deliveries, so a viewer that cannot keep up with a busy stream still
-                // gets its PINGREQs and posts read (frames are always ready for it).
+                // before writing what the fan-out queued, so a viewer that cannot keep up with
+                // a busy stream still gets its PINGREQs and posts read.
                 biased;
                 _ = &mut close => Err(Close::Shutdown),
                 _ = &mut taken => Err(Close::TakenOver),
@@ -386,9 +385,7 @@ impl Session {
                     }
                     r
                 }
-                Some((_, frame)) = self.subs.next(), if !self.subs.is_empty() => {
-                    self.on_frames(frame).await
-                }
+                _ = outlet.wait_queued() => self.drain().await,
             };
             let step = match step {
                 Ok(()) => self.flush().await,
@@ -614,18 +611,14 @@ impl Session {
                 codes.push(CCode::Failure);
             }
         }
-        // Granted QoS is always 0.
+        // Granted QoS is always 0. Written before the fan-out may write retained messages.
         self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, codes)))?;
+        self.flush().await?;
         for stream in first_viewer {
             self.ctx.bootstrap(&stream).await;
         }
         for topic in new_topics {
-            let (rx, retained) = self.ctx.fanout.subscribe(&topic);
-            if let Some(payload) = retained {
-                self.out
-                    .extend_from_slice(&crate::fanout::encode_publish(&topic, payload, true));
-            }
-            self.subs.insert(topic, BroadcastStream::new(rx));
+            self.ctx.fanout.subscribe(&topic, &self.outlet);
         }
         Ok(())
     }
@@ -648,8 +641,7 @@ impl Session {
                         {
                             self.watch(&stream, -1);
                         }
-                        self.subs.remove(&t);
-                        self.ctx.fanout.unsubscribed(&t);
+                        self.ctx.fanout.unsubscribe(&t, &self.outlet);
                     }
                 }
             }
@@ -705,51 +697,6 @@ impl Session {
         }
     }
 
-    /// Writes out a frame (an encoded PUBLISH, the same bytes for every viewer) and every
-    /// other one already waiting, in one go.
-    async fn on_frames(
-        &mut self,
-        first: Result<Bytes, BroadcastStreamRecvError>,
-    ) -> Result<(), Close> {
-        let mut next = Some(first);
-        // The usual case, one frame and nothing else to write, goes out without a copy.
-        let mut single: Option<Bytes> = None;
-        while let Some(frame) = next {
-            match frame {
-                Ok(packet) => {
-                    self.delivered += 1;
-                    if self.out.is_empty() && single.is_none() {
-                        single = Some(packet);
-                    } else {
-                        if let Some(first) = single.take() {
-                            self.out.extend_from_slice(&first);
-                        }
-                        self.out.extend_from_slice(&packet);
-                    }
-                }
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    // More than `mqtt.backlog_frames` behind: the oldest are gone; the client
-                    // sees the `seq` gap and catches up over HTTP.
-                    tracing::debug!(skipped = n, "viewer fell behind");
-                    metrics::counter!("livecomments_deliveries_skipped_total").increment(n);
-                }
-            }
-            if self.out.len() >= WRITE_CHUNK {
-                self.flush().await?;
-            }
-            // Take whatever else is ready without waiting.
-            next = self.subs.next().now_or_never().flatten().map(|(_, f)| f);
-        }
-        if let Some(packet) = single {
-            self.write_timed(&packet).await?;
-        }
-        if self.delivered > 0 {
-            metrics::counter!("livecomments_deliveries_total").increment(self.delivered);
-            self.delivered = 0;
-        }
-        Ok(())
-    }
-
     fn write_inbox(&mut self, payload: Bytes) -> Result<(), Close> {
         let publish = CPublish::from_bytes(self.inbox_topic.clone(), CQoS::AtMostOnce, payload);
         self.write_packet(CPacket::Publish(publish))
@@ -776,29 +723,43 @@ impl Session {
             .map_err(|e| Close::Protocol(e.to_string()))
     }
 
-    /// Writes what is buffered; a client that does not read for `write_timeout_ms` is closed.
+    /// Hands this task's packets to the outlet and writes whatever the outlet has queued; a
+    /// client that accepts nothing for `write_timeout_ms` is closed.
     async fn flush(&mut self) -> Result<(), Close> {
-        if self.out.is_empty() {
-            return Ok(());
+        if !self.out.is_empty() {
+            self.outlet.send_own(&self.out);
+            if self.out.capacity() > 64 * 1024 {
+                self.out = BytesMut::new();
+            } else {
+                self.out.clear();
+            }
         }
-        let out = std::mem::take(&mut self.out);
-        let written = self.write_timed(&out).await;
-        // Keep the buffer for next time, unless a burst made it large.
-        if out.capacity() <= 64 * 1024 {
-            self.out = out;
-            self.out.clear();
-        }
-        written
+        self.drain().await
     }
 
-    /// Writes `data` to the client; one that does not read for `write_timeout_ms` is closed.
-    async fn write_timed(&mut self, data: &[u8]) -> Result<(), Close> {
+    /// Writes what the outlet queued (frames the fan-out could not write at once, and this
+    /// task's packets behind them).
+    async fn drain(&mut self) -> Result<(), Close> {
         let limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
-        match tokio::time::timeout(limit, self.transport.write_all(data)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Close::Io(e)),
-            Err(_) => Err(Close::WriteTimeout),
-        }
+        let written = match &mut self.transport {
+            Transport::Tcp(socket) => self.outlet.drain_tcp(socket, limit).await,
+            ws @ Transport::Ws(_) => {
+                let mut result = Ok(());
+                while let Some(bytes) = self.outlet.take_queued() {
+                    result = match tokio::time::timeout(limit, ws.write_all(&bytes)).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => Err(WriteError::Io(e)),
+                        Err(_) => Err(WriteError::Timeout),
+                    };
+                    break;
+                }
+                result
+            }
+        };
+        written.map_err(|e| match e {
+            WriteError::Io(e) => Close::Io(e),
+            WriteError::Timeout => Close::WriteTimeout,
+        })
     }
 
     async fn teardown(&mut self) {
@@ -823,18 +784,19 @@ impl Session {
 }
 
 impl Session {
-    /// Drops this connection's receivers and lets the fan-out free channels nobody holds.
+    /// Closes the outlet (the fan-out writes nothing more and gives the socket back) and
+    /// leaves every topic, so the fan-out forgets the outlet.
     fn leave_fanout(&mut self) {
-        let topics: Vec<String> = self.subs.keys().cloned().collect();
-        self.subs.clear();
-        for t in topics {
-            self.ctx.fanout.unsubscribed(&t);
+        self.outlet.close();
+        for t in self.held.keys() {
+            self.ctx.fanout.unsubscribe(t, &self.outlet);
         }
+        self.held.clear();
     }
 }
 
-/// A connection task that panicked never reaches `teardown`; its fan-out channels are still
-/// given back.
+/// A connection task that panicked never reaches `teardown`; the fan-out still lets go of
+/// its outlet.
 impl Drop for Session {
     fn drop(&mut self) {
         self.leave_fanout();

@@ -1,33 +1,42 @@
-//! The node's fan-out: each concrete topic with local subscribers has one broadcast channel of
-//! frames; every subscribed connection holds a receiver on it and writes what arrives. A frame
-//! travels as its encoded MQTT PUBLISH (QoS 0, no packet id: the same bytes for every viewer),
-//! so it is encoded once per node, not once per viewer.
+//! The node's fan-out: one thread that writes each frame to every subscribed connection's
+//! socket itself, as a single-threaded broker's event loop does, instead of waking one task
+//! per viewer to write it.
 //!
-//! Why not rumqttd's router (which did this until 2026-12): every rumqttd link reserves
-//! per-link queues sized by compile-time constants (two 200-entry deques, a 100-entry cache and
-//! two 100-entry ack logs, ~200 KB of address space), so an idle viewer cost ~40 KB of RSS, and
-//! its filter logs and session records are never freed. Our subscriptions are already
-//! concrete topics inside one stream (the gatekeeper expands filters), so the fan-out needs no
-//! filter matching: a topic → channel map is the whole of it. A receiver is a cursor into the
-//! topic's ring of frames (`tokio::sync::broadcast`), tens of bytes per viewer; a viewer more
-//! than `mqtt.backlog_frames` behind skips ahead (counted as
-//! `livecomments_deliveries_skipped_total`) and catches up over HTTP, as before.
+//! A frame travels as its encoded MQTT PUBLISH (QoS 0, no packet id: the same bytes for every
+//! viewer), encoded once per node. Each connection has an [`Outlet`]: its socket (TCP) and a
+//! queue of what could not be written yet. The fan-out writes a frame straight to the socket
+//! when nothing is queued before it and the socket takes it (the usual case: a viewer that
+//! keeps up); otherwise it queues the frame (shared bytes, not a copy) and wakes the
+//! connection's task, which writes the queue as the socket drains. Everything a connection
+//! writes itself (CONNACK, SUBACK, PINGRESP, inbox messages) goes through the same outlet, so
+//! bytes never interleave mid-packet and stay in order. WebSocket connections frame what they
+//! write, so for them the fan-out only queues and the task writes.
 //!
-//! Retained messages (a stream's state and pin) live here too: the newest per topic, handed to
-//! each new subscriber with its receiver under one lock, so a subscriber gets each retained
-//! message either as the retained copy or as a frame, never both and never neither.
+//! Why (2026-12): waking a task per viewer per frame cost ~4 µs of user time per write at
+//! 10 000 viewers (scheduler queues, broadcast-channel locks shared by every viewer, the
+//! task's `select!` re-armed), on top of the ~5 µs the kernel needs for a loopback write
+//! (`perf`, docs/benchmarks.md §1). Before that the frames went through a
+//! `tokio::sync::broadcast` channel per topic, and before that through rumqttd's router, whose
+//! per-link buffers cost ~40 KB per idle viewer.
 //!
-//! Only `…/comments` topics get the full `mqtt.backlog_frames` ring (a channel's ring is
-//! allocated when it is made, ~56 bytes a slot); the others carry at most a few messages a
-//! second (reactions, presence) or rarely anything (state, pin) and get [`SMALL_BACKLOG`].
+//! The thread owns the topic → outlets map: connections subscribe and leave by message, in
+//! order with the frames and retained messages, so a subscriber gets a topic's retained
+//! message on subscribe and every frame after it, never both copies of a change and never
+//! neither. A viewer more than `mqtt.backlog_frames` frames behind (beyond what its socket
+//! buffers hold) skips ahead: its oldest queued frames are dropped, counted as
+//! `livecomments_deliveries_skipped_total`, and it catches up over HTTP after the `seq` gap.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::Publish;
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::broadcast;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Encodes a QoS 0 PUBLISH of `payload` on `topic`.
 pub(crate) fn encode_publish(topic: &str, payload: Bytes, retain: bool) -> Bytes {
@@ -40,246 +49,679 @@ pub(crate) fn encode_publish(topic: &str, payload: Bytes, retain: bool) -> Bytes
     out.freeze()
 }
 
-/// Ring size of topics other than a stream's comments.
-const SMALL_BACKLOG: usize = 64;
+/// Slices handed to one vectored write of a queue.
+const MAX_SLICES: usize = 64;
+/// Most frames of one topic the fan-out joins into one write per viewer.
+const MAX_BATCH_FRAMES: u64 = 64;
 
-/// Concrete topic → its channel and retained message.
+/// Why a connection's writes stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("client does not read: write timed out")]
+    Timeout,
+}
+
+/// One connection's way out: its socket (TCP only) and what waits to be written to it.
+pub(crate) struct Outlet {
+    /// The fan-out thread that writes to it.
+    shard: usize,
+    state: Mutex<Queue>,
+    /// Wakes the connection's task: something was queued for it to write.
+    queued: Notify,
+    /// Frames a viewer may have queued before the oldest are dropped.
+    backlog: usize,
+}
+
+struct Queue {
+    /// Written to directly while nothing is queued; `None` for WebSocket connections (the
+    /// task frames and writes everything) and once the connection closed.
+    socket: Option<Arc<TcpStream>>,
+    items: VecDeque<Item>,
+    /// Bytes of the front item already written.
+    head_written: usize,
+    /// How many of `items` are frames (which may be dropped), not the connection's own
+    /// packets (which never are).
+    frames: usize,
+    closed: bool,
+}
+
+struct Item {
+    bytes: Bytes,
+    frame: bool,
+}
+
+/// What became of a frame offered to an outlet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offered {
+    /// On its way: written to the socket or queued for the task.
+    Sent,
+    /// Sent, and to make room an older queued frame was dropped.
+    SentSkipping,
+    /// The connection is gone.
+    Closed,
+}
+
+impl Outlet {
+    /// `socket`: the TCP socket the fan-out may write to directly (`None`: only queue).
+    fn new(shard: usize, socket: Option<Arc<TcpStream>>, backlog: usize) -> Arc<Outlet> {
+        Arc::new(Outlet {
+            shard,
+            state: Mutex::new(Queue {
+                socket,
+                items: VecDeque::new(),
+                head_written: 0,
+                frames: 0,
+                closed: false,
+            }),
+            queued: Notify::new(),
+            backlog: backlog.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `data` now if nothing is queued before it and the socket takes it, and queues
+    /// what is left (a frame beyond the backlog makes room by dropping the oldest queued
+    /// frame). Never blocks: the socket is non-blocking.
+    fn offer(&self, data: Bytes, frame: bool) -> Offered {
+        let mut q = self.lock();
+        if q.closed {
+            return Offered::Closed;
+        }
+        let mut written = 0;
+        if q.items.is_empty() {
+            if let Some(socket) = &q.socket {
+                // An error other than "would block" is left for the task: its next write
+                // meets it and closes the connection.
+                written = write_some(socket, &data).unwrap_or(0);
+                if written == data.len() {
+                    return Offered::Sent;
+                }
+            }
+        }
+        let mut offered = Offered::Sent;
+        if frame && q.frames >= self.backlog && q.skip_oldest_frame() {
+            offered = Offered::SentSkipping;
+        }
+        if q.items.is_empty() {
+            q.head_written = written;
+        }
+        q.frames += usize::from(frame);
+        q.items.push_back(Item { bytes: data, frame });
+        drop(q);
+        self.queued.notify_one();
+        offered
+    }
+
+    /// Queues (or writes) the connection's own bytes: never dropped.
+    pub(crate) fn send_own(&self, data: &[u8]) -> Offered {
+        let mut q = self.lock();
+        if q.closed {
+            return Offered::Closed;
+        }
+        let mut written = 0;
+        if q.items.is_empty() {
+            if let Some(socket) = &q.socket {
+                written = write_some(socket, data).unwrap_or(0);
+                if written == data.len() {
+                    return Offered::Sent;
+                }
+            }
+        }
+        // Only the unwritten part is kept; a partly written frame ahead of it is kept whole.
+        let rest = Bytes::copy_from_slice(&data[written..]);
+        q.items.push_back(Item {
+            bytes: rest,
+            frame: false,
+        });
+        drop(q);
+        self.queued.notify_one();
+        Offered::Sent
+    }
+
+    /// Waits until something was queued for the task to write.
+    pub(crate) async fn wait_queued(&self) {
+        self.queued.notified().await;
+    }
+
+    /// Writes the queue to a TCP connection's `socket` (the outlet's own) until it is empty;
+    /// fails when the client accepts nothing for `limit`.
+    pub(crate) async fn drain_tcp(
+        &self,
+        socket: &TcpStream,
+        limit: Duration,
+    ) -> Result<(), WriteError> {
+        loop {
+            {
+                let mut q = self.lock();
+                loop {
+                    if q.items.is_empty() {
+                        return Ok(());
+                    }
+                    let n = {
+                        let mut slices = Vec::with_capacity(q.items.len().min(MAX_SLICES));
+                        for (i, item) in q.items.iter().take(MAX_SLICES).enumerate() {
+                            let skip = if i == 0 { q.head_written } else { 0 };
+                            slices.push(IoSlice::new(&item.bytes[skip..]));
+                        }
+                        match socket.try_write_vectored(&slices) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    };
+                    q.consume(n);
+                }
+            }
+            match tokio::time::timeout(limit, socket.writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(WriteError::Timeout),
+            }
+        }
+    }
+
+    /// Takes everything queued, in order, as one buffer (for a transport that frames what it
+    /// writes itself). The fan-out never writes to such a connection, so taking the queue
+    /// cannot reorder anything.
+    pub(crate) fn take_queued(&self) -> Option<Bytes> {
+        let mut q = self.lock();
+        if q.items.is_empty() {
+            return None;
+        }
+        let head = q.head_written;
+        let mut out = BytesMut::new();
+        for (i, item) in q.items.drain(..).enumerate() {
+            out.extend_from_slice(&item.bytes[if i == 0 { head } else { 0 }..]);
+        }
+        q.head_written = 0;
+        q.frames = 0;
+        Some(out.freeze())
+    }
+
+    /// The connection is ending: nothing more is written or queued, and the socket is given
+    /// back (so the task can shut it down).
+    pub(crate) fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.socket = None;
+        q.items.clear();
+        q.frames = 0;
+    }
+}
+
+impl Queue {
+    /// Drops the oldest queued frame that is not partly written. False if there is none.
+    fn skip_oldest_frame(&mut self) -> bool {
+        let partly = self.head_written > 0;
+        let found = self
+            .items
+            .iter()
+            .enumerate()
+            .position(|(i, item)| item.frame && !(i == 0 && partly));
+        match found {
+            Some(i) => {
+                self.items.remove(i);
+                self.frames -= 1;
+                if i == 0 {
+                    self.head_written = 0;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `n` written bytes from the front.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.items.front() else {
+                return;
+            };
+            let left = front.bytes.len() - self.head_written;
+            if n < left {
+                self.head_written += n;
+                return;
+            }
+            n -= left;
+            let item = self.items.pop_front().expect("front exists");
+            self.frames -= usize::from(item.frame);
+            self.head_written = 0;
+        }
+    }
+}
+
+/// Writes as much of `data` as the socket takes now.
+fn write_some(socket: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match socket.try_write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+enum Command {
+    Subscribe {
+        topic: String,
+        outlet: Arc<Outlet>,
+    },
+    Unsubscribe {
+        topic: String,
+        outlet: Arc<Outlet>,
+    },
+    /// An encoded PUBLISH.
+    Publish {
+        topic: String,
+        packet: Bytes,
+    },
+    Retain {
+        topic: String,
+        payload: Bytes,
+    },
+    /// Answered once every command sent before it was handled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The handle to the fan-out threads, one per core: each writes to its share of the
+/// connections (assigned in turn), every one gets every frame. They end with the handle.
 pub(crate) struct Fanout {
-    topics: Mutex<HashMap<String, Topic>>,
+    shards: Vec<std_mpsc::Sender<Command>>,
+    next: std::sync::atomic::AtomicUsize,
     backlog: usize,
 }
 
 #[derive(Default)]
 struct Topic {
-    /// Present while someone subscribes (the ring is allocated with the channel); carries
-    /// encoded PUBLISH packets.
-    tx: Option<broadcast::Sender<Bytes>>,
-    /// The payload (encoded with the retain flag for each new subscriber).
+    outlets: Vec<Arc<Outlet>>,
+    /// The newest retained payload (encoded with the retain flag for each new subscriber).
     retained: Option<Bytes>,
 }
 
 impl Fanout {
-    /// `backlog`: frames kept per topic for subscribers that fall behind.
-    pub(crate) fn new(backlog: usize) -> Fanout {
+    /// `threads`: fan-out threads (0: one per core); `backlog`: frames a viewer may have
+    /// queued before its oldest are dropped.
+    pub(crate) fn new(threads: usize, backlog: usize) -> Fanout {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let shards = (0..threads)
+            .map(|i| {
+                let (tx, rx) = std_mpsc::channel();
+                std::thread::Builder::new()
+                    .name(format!("livecomments-fanout-{i}"))
+                    .spawn(move || run(rx))
+                    .expect("spawning a fan-out thread");
+                tx
+            })
+            .collect();
         Fanout {
-            topics: Mutex::new(HashMap::new()),
-            backlog: backlog.max(1),
+            shards,
+            next: Default::default(),
+            backlog,
         }
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Topic>> {
-        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A new connection's outlet; `socket` is its TCP socket, which the fan-out writes to
+    /// directly (`None`, e.g. WebSocket: frames are only queued for the connection's task).
+    pub(crate) fn outlet(&self, socket: Option<Arc<TcpStream>>) -> Arc<Outlet> {
+        let shard =
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shards.len();
+        Outlet::new(shard, socket, self.backlog)
     }
 
-    /// Subscribes to one concrete topic: a receiver of every frame published from now on (as
-    /// encoded PUBLISH packets), and the topic's retained payload, if any, to write first.
-    pub(crate) fn subscribe(&self, topic: &str) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
-        let mut topics = self.topics();
-        let before = topics.len();
-        let t = topics.entry(topic.to_owned()).or_default();
-        let rx = match &t.tx {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let backlog = if topic.ends_with("/comments") {
-                    self.backlog
-                } else {
-                    self.backlog.min(SMALL_BACKLOG)
-                };
-                let (tx, rx) = broadcast::channel(backlog);
-                t.tx = Some(tx);
-                rx
-            }
-        };
-        let retained = t.retained.clone();
-        if topics.len() != before {
-            metrics::gauge!("livecomments_fanout_topics").set(topics.len() as f64);
-        }
-        (rx, retained)
+    fn send(&self, shard: usize, c: Command) {
+        // Fails only once the thread is gone, i.e. the process is ending.
+        let _ = self.shards[shard].send(c);
     }
 
-    /// Called after a subscriber dropped its receiver (or a publish found nobody): frees the
-    /// topic's channel once nobody holds one (a retained message stays). The gauge
-    /// `livecomments_fanout_topics` counts topics with a channel or a retained message, so a
-    /// leak shows.
-    pub(crate) fn unsubscribed(&self, topic: &str) {
-        let mut topics = self.topics();
-        if let Some(t) = topics.get_mut(topic) {
-            Self::collect(t);
-            if t.tx.is_none() && t.retained.is_none() {
-                topics.remove(topic);
-                metrics::gauge!("livecomments_fanout_topics").set(topics.len() as f64);
-            }
-        }
+    /// From now on, `outlet` gets the topic's frames, starting with its retained message (with
+    /// the retain flag), if any.
+    pub(crate) fn subscribe(&self, topic: &str, outlet: &Arc<Outlet>) {
+        self.send(
+            outlet.shard,
+            Command::Subscribe {
+                topic: topic.to_owned(),
+                outlet: outlet.clone(),
+            },
+        );
     }
 
-    /// Publishes a frame to the topic's current subscribers; returns how many there were.
-    ///
-    /// The send (which wakes every subscriber) happens outside the map's lock, so
-    /// connections subscribing to other topics meanwhile do not wait on it.
-    pub(crate) fn publish(&self, topic: &str, payload: Bytes) -> usize {
-        let Some(tx) = self.topics().get(topic).and_then(|t| t.tx.clone()) else {
-            return 0;
-        };
-        let n = tx.send(encode_publish(topic, payload, false)).unwrap_or(0);
-        if n == 0 {
-            drop(tx);
-            self.unsubscribed(topic);
+    pub(crate) fn unsubscribe(&self, topic: &str, outlet: &Arc<Outlet>) {
+        self.send(
+            outlet.shard,
+            Command::Unsubscribe {
+                topic: topic.to_owned(),
+                outlet: outlet.clone(),
+            },
+        );
+    }
+
+    /// Publishes a frame to the topic's current subscribers (encoded once, here).
+    pub(crate) fn publish(&self, topic: &str, payload: Bytes) {
+        let packet = encode_publish(topic, payload, false);
+        for shard in 0..self.shards.len() {
+            self.send(
+                shard,
+                Command::Publish {
+                    topic: topic.to_owned(),
+                    packet: packet.clone(),
+                },
+            );
         }
-        n
     }
 
     /// Replaces the topic's retained message and sends it to the current subscribers.
     pub(crate) fn retain(&self, topic: &str, payload: Bytes) {
-        // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1 §3.3.1.3).
-        let live = encode_publish(topic, payload.clone(), false);
-        let mut topics = self.topics();
-        let before = topics.len();
-        let t = topics.entry(topic.to_owned()).or_default();
-        if let Some(tx) = &t.tx {
-            // Under the lock (unlike `publish`): a subscriber gets this copy or the retained
-            // one, never both. Retained messages change rarely.
-            let _ = tx.send(live);
-        }
-        t.retained = Some(payload);
-        Self::collect(t);
-        if topics.len() != before {
-            metrics::gauge!("livecomments_fanout_topics").set(topics.len() as f64);
+        for shard in 0..self.shards.len() {
+            self.send(
+                shard,
+                Command::Retain {
+                    topic: topic.to_owned(),
+                    payload: payload.clone(),
+                },
+            );
         }
     }
 
-    /// Drops a channel nobody receives from.
-    fn collect(t: &mut Topic) {
-        if t.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
-            t.tx = None;
+    /// Waits until every thread handled everything sent to it before.
+    pub(crate) async fn flushed(&self) {
+        for shard in 0..self.shards.len() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.send(shard, Command::Barrier(tx));
+            let _ = rx.await;
         }
     }
 
-    /// Topics with a channel or a retained message.
+    /// [`Fanout::flushed`] for tests outside a runtime.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.topics().len()
+    fn barrier(&self) {
+        for shard in 0..self.shards.len() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.send(shard, Command::Barrier(tx));
+            rx.blocking_recv().expect("the fan-out thread answers");
+        }
+    }
+}
+
+/// A fan-out thread: handles commands in order until the handle is gone. The gauge
+/// `livecomments_fanout_topics` sums the topic entries of all threads (a topic with a retained
+/// message has one in each), so a leak shows.
+fn run(rx: std_mpsc::Receiver<Command>) {
+    let mut topics: HashMap<String, Topic> = HashMap::new();
+    let mut next = None;
+    loop {
+        let command = match next.take() {
+            Some(c) => c,
+            None => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        let before = topics.len();
+        match command {
+            Command::Subscribe { topic, outlet } => {
+                let t = topics.entry(topic.clone()).or_default();
+                if let Some(payload) = &t.retained {
+                    // Encoded per subscriber: only this copy has the retain flag.
+                    outlet.offer(encode_publish(&topic, payload.clone(), true), false);
+                }
+                t.outlets.push(outlet);
+            }
+            Command::Unsubscribe { topic, outlet } => {
+                if let Some(t) = topics.get_mut(&topic) {
+                    if let Some(i) = t.outlets.iter().position(|o| Arc::ptr_eq(o, &outlet)) {
+                        t.outlets.swap_remove(i);
+                    }
+                    if t.outlets.is_empty() && t.retained.is_none() {
+                        topics.remove(&topic);
+                    }
+                }
+            }
+            Command::Publish { topic, packet } => {
+                // Frames of the same topic that queued up behind this one while the thread
+                // was busy go out together: one write per viewer, not one per frame, so a
+                // fan-out that falls behind catches up instead of falling further behind.
+                let mut frames = 1;
+                let mut batch: Option<BytesMut> = None;
+                while frames < MAX_BATCH_FRAMES {
+                    match rx.try_recv() {
+                        Ok(Command::Publish {
+                            topic: t,
+                            packet: p,
+                        }) if t == topic => {
+                            batch
+                                .get_or_insert_with(|| BytesMut::from(&packet[..]))
+                                .extend_from_slice(&p);
+                            frames += 1;
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let packet = batch.map_or(packet, BytesMut::freeze);
+                if let Some(t) = topics.get_mut(&topic) {
+                    send_to_all(t, packet, frames);
+                    if t.outlets.is_empty() && t.retained.is_none() {
+                        topics.remove(&topic);
+                    }
+                }
+            }
+            Command::Retain { topic, payload } => {
+                let t = topics.entry(topic.clone()).or_default();
+                // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1
+                // §3.3.1.3); state changes are never dropped for a slow viewer.
+                send_to_all(t, encode_publish(&topic, payload.clone(), false), 0);
+                t.retained = Some(payload);
+            }
+            Command::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+        if topics.len() != before {
+            metrics::gauge!("livecomments_fanout_topics")
+                .increment(topics.len() as f64 - before as f64);
+        }
+    }
+}
+
+/// Offers `packet` (`frames` frames; 0: a state change, never dropped) to every outlet of
+/// `t`, forgetting closed ones.
+fn send_to_all(t: &mut Topic, packet: Bytes, frames: u64) {
+    let (mut sent, mut skipped) = (0u64, 0u64);
+    t.outlets
+        .retain(|o| match o.offer(packet.clone(), frames > 0) {
+            Offered::Sent => {
+                sent += 1;
+                true
+            }
+            Offered::SentSkipping => {
+                sent += 1;
+                skipped += 1;
+                true
+            }
+            Offered::Closed => false,
+        });
+    if sent > 0 && frames > 0 {
+        metrics::counter!("livecomments_deliveries_total").increment(sent * frames);
+    }
+    if skipped > 0 {
+        metrics::counter!("livecomments_deliveries_skipped_total").increment(skipped);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::broadcast::error::TryRecvError;
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
     }
 
-    /// The payload of an encoded QoS 0 PUBLISH on `topic` (and its retain flag).
-    fn payload(packet: Bytes, topic: &str) -> (Bytes, bool) {
-        let mut buf = BytesMut::from(&packet[..]);
-        match rumqttc::mqttbytes::v4::Packet::read(&mut buf, 1 << 20).unwrap() {
-            rumqttc::mqttbytes::v4::Packet::Publish(p) => {
-                assert_eq!(p.topic, topic);
-                assert!(buf.is_empty(), "one packet");
-                (p.payload, p.retain)
+    /// The PUBLISH packets in `bytes`: (topic, payload, retain).
+    fn publishes(bytes: Option<Bytes>) -> Vec<(String, Bytes, bool)> {
+        let mut buf = BytesMut::from(&bytes.unwrap_or_default()[..]);
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            match rumqttc::mqttbytes::v4::Packet::read(&mut buf, 1 << 20).unwrap() {
+                rumqttc::mqttbytes::v4::Packet::Publish(p) => {
+                    out.push((p.topic, p.payload, p.retain))
+                }
+                other => panic!("not a publish: {other:?}"),
             }
-            other => panic!("not a publish: {other:?}"),
         }
+        out
+    }
+
+    fn queue_only(f: &Fanout) -> Arc<Outlet> {
+        f.outlet(None)
     }
 
     #[test]
     fn frames_reach_every_subscriber_of_the_topic_only() {
-        let f = Fanout::new(8);
-        let (mut a, _) = f.subscribe("streams/s/comments");
-        let (mut c, _) = f.subscribe("streams/s/comments");
-        let (mut other, _) = f.subscribe("streams/t/comments");
-        assert_eq!(f.publish("streams/s/comments", b("1")), 2);
-        assert_eq!(
-            payload(a.try_recv().unwrap(), "streams/s/comments"),
-            (b("1"), false)
-        );
-        assert_eq!(
-            payload(c.try_recv().unwrap(), "streams/s/comments"),
-            (b("1"), false)
-        );
-        assert_eq!(other.try_recv(), Err(TryRecvError::Empty));
-        assert_eq!(
-            f.publish("streams/u/comments", b("x")),
-            0,
-            "nobody subscribes"
-        );
+        let f = Fanout::new(2, 8);
+        let (a, c, other) = (queue_only(&f), queue_only(&f), queue_only(&f));
+        f.subscribe("streams/s/comments", &a);
+        f.subscribe("streams/s/comments", &c);
+        f.subscribe("streams/t/comments", &other);
+        f.publish("streams/s/comments", b("1"));
+        f.publish("streams/u/comments", b("x"));
+        f.barrier();
+        for o in [&a, &c] {
+            assert_eq!(
+                publishes(o.take_queued()),
+                [("streams/s/comments".into(), b("1"), false)]
+            );
+        }
+        assert_eq!(other.take_queued(), None);
     }
 
     #[test]
-    fn the_channel_goes_with_the_last_subscriber_and_retained_stays() {
-        let f = Fanout::new(8);
-        let (a, _) = f.subscribe("streams/s/comments");
-        drop(a);
-        f.unsubscribed("streams/s/comments");
-        assert_eq!(f.len(), 0);
-
+    fn retained_comes_once_on_subscribe_then_changes_come_live() {
+        let f = Fanout::new(2, 8);
         f.retain("streams/s/state", b("v1"));
-        let (mut a, retained) = f.subscribe("streams/s/state");
-        assert_eq!(retained, Some(b("v1")));
-        assert_eq!(a.try_recv(), Err(TryRecvError::Empty), "not sent twice");
-        f.retain("streams/s/state", b("v2"));
+        let a = queue_only(&f);
+        f.subscribe("streams/s/state", &a);
+        f.barrier();
         assert_eq!(
-            payload(a.try_recv().unwrap(), "streams/s/state"),
-            (b("v2"), false),
+            publishes(a.take_queued()),
+            [("streams/s/state".into(), b("v1"), true)]
+        );
+        f.retain("streams/s/state", b("v2"));
+        f.barrier();
+        assert_eq!(
+            publishes(a.take_queued()),
+            [("streams/s/state".into(), b("v2"), false)],
             "live, without the retain flag"
         );
-        drop(a);
-        f.unsubscribed("streams/s/state");
-        assert_eq!(f.len(), 1, "the retained message outlives its subscribers");
-        assert_eq!(f.subscribe("streams/s/state").1, Some(b("v2")));
-    }
-
-    #[test]
-    fn one_subscriber_leaving_keeps_the_channel_for_the_others() {
-        let f = Fanout::new(8);
-        let (a, _) = f.subscribe("streams/s/comments");
-        let (mut c, _) = f.subscribe("streams/s/comments");
-        drop(a);
-        f.unsubscribed("streams/s/comments");
-        assert_eq!(f.publish("streams/s/comments", b("1")), 1);
+        f.unsubscribe("streams/s/state", &a);
+        let c = queue_only(&f);
+        f.subscribe("streams/s/state", &c);
+        f.retain("streams/s/state", b("v3"));
+        f.barrier();
+        assert_eq!(a.take_queued(), None, "unsubscribed");
         assert_eq!(
-            payload(c.try_recv().unwrap(), "streams/s/comments"),
-            (b("1"), false)
+            publishes(c.take_queued()),
+            [
+                ("streams/s/state".into(), b("v2"), true),
+                ("streams/s/state".into(), b("v3"), false)
+            ],
+            "the retained message outlives its subscribers"
         );
     }
 
     #[test]
-    fn only_comment_topics_get_the_full_backlog() {
-        let f = Fanout::new(1000);
-        let (mut comments, _) = f.subscribe("streams/s/comments");
-        let (mut presence, _) = f.subscribe("streams/s/presence");
-        for i in 0..200u8 {
-            f.publish("streams/s/comments", Bytes::from(vec![i]));
-            f.publish("streams/s/presence", Bytes::from(vec![i]));
-        }
-        assert!(comments.try_recv().is_ok(), "200 frames fit in 1000");
-        assert_eq!(
-            presence.try_recv(),
-            Err(TryRecvError::Lagged(200 - SMALL_BACKLOG as u64))
-        );
+    fn a_closed_outlet_gets_nothing_and_is_forgotten() {
+        let f = Fanout::new(2, 8);
+        let (a, c) = (queue_only(&f), queue_only(&f));
+        f.subscribe("t", &a);
+        f.subscribe("t", &c);
+        a.close();
+        f.publish("t", b("1"));
+        f.barrier();
+        assert_eq!(a.take_queued(), None);
+        assert_eq!(publishes(c.take_queued()).len(), 1);
+        assert_eq!(Arc::strong_count(&a), 1, "the fan-out let go of it");
     }
 
     #[test]
-    fn a_publish_without_receivers_frees_the_channel() {
-        let f = Fanout::new(8);
-        let (a, _) = f.subscribe("streams/s/comments");
-        drop(a);
-        assert_eq!(f.publish("streams/s/comments", b("1")), 0);
-        assert_eq!(f.len(), 0);
-    }
-
-    #[test]
-    fn a_subscriber_further_behind_than_the_backlog_skips_ahead() {
-        let f = Fanout::new(4);
-        let (mut a, _) = f.subscribe("t");
+    fn a_viewer_further_behind_than_the_backlog_skips_its_oldest_frames_not_its_own_packets() {
+        let f = Fanout::new(2, 4);
+        let a = queue_only(&f);
+        f.subscribe("t", &a);
+        f.barrier();
+        a.send_own(b"own");
         for i in 0..10u8 {
-            f.publish("t", Bytes::from(vec![i]));
+            f.publish("t", Bytes::from(vec![b'0' + i]));
+            // One at a time: frames waiting together would go out as one write.
+            f.barrier();
         }
-        assert_eq!(a.try_recv(), Err(TryRecvError::Lagged(6)));
-        assert_eq!(
-            payload(a.try_recv().unwrap(), "t").0,
-            Bytes::from(vec![6u8])
-        );
+        let got = a.take_queued().unwrap();
+        assert!(got.starts_with(b"own"), "{got:?}");
+        let frames: Vec<Bytes> = publishes(Some(got.slice(3..)))
+            .into_iter()
+            .map(|(_, p, _)| p)
+            .collect();
+        assert_eq!(frames, [b("6"), b("7"), b("8"), b("9")]);
+    }
+
+    /// A TCP outlet: frames go straight to the socket while it takes them, are queued once
+    /// it is full, and the task's drain writes the queue after them, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tcp_outlet_writes_directly_then_queues_in_order() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let socket = Arc::new(server);
+        socket.writable().await.unwrap();
+        let f = Fanout::new(2, 1 << 20);
+        let outlet = f.outlet(Some(socket.clone()));
+        f.subscribe("t", &outlet);
+        // Enough frames to fill the socket buffers, so some are queued.
+        let frame = Bytes::from(vec![b'x'; 60_000]);
+        for _ in 0..200 {
+            f.publish("t", frame.clone());
+        }
+        f.flushed().await;
+        outlet.send_own(b"end");
+        assert!(outlet.lock().items.len() > 1, "the socket filled up");
+        let drain = {
+            let outlet = outlet.clone();
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                outlet
+                    .drain_tcp(&socket, Duration::from_secs(10))
+                    .await
+                    .unwrap()
+            })
+        };
+        let mut got = Vec::new();
+        let want = 200 * encode_publish("t", frame.clone(), false).len() + 3;
+        while got.len() < want {
+            assert!(client.read_buf(&mut got).await.unwrap() > 0);
+        }
+        drain.await.unwrap();
+        assert!(got.ends_with(b"end"));
+        let frames = publishes(Some(Bytes::from(got[..got.len() - 3].to_vec())));
+        assert_eq!(frames.len(), 200);
+        assert!(frames.iter().all(|(t, p, _)| t == "t" && p == &frame));
     }
 }

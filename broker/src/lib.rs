@@ -2,7 +2,7 @@
 //!
 //! Everything is ours but the MQTT framing (rumqttc's codec): the node accepts connections
 //! itself (TCP and WebSocket), speaks MQTT 3.1.1, and fans frames out to its subscribers
-//! from a topic → broadcast-channel map. Until 2026-12 the fan-out was an embedded rumqttd
+//! from fan-out threads that write the sockets themselves. Until 2026-12 the fan-out was an embedded rumqttd
 //! router (the design's choice); it was replaced because every rumqttd link reserves fixed
 //! per-link queues (~40 KB of RSS per idle viewer, measured in docs/benchmarks.md §2) and
 //! never frees its filter logs, and because its `Server` has no authorization, does not say
@@ -25,7 +25,8 @@
 //! - `listener` — accept loops, connection limit, WebSocket handshake with a timeout.
 //! - `transport` — one byte-stream interface over TCP and WebSocket.
 //! - `connection` — the per-connection gatekeeper and its loop.
-//! - `fanout` — concrete topic → broadcast channel of frames, and retained messages.
+//! - `fanout` — one thread per core writing frames to its share of the connections' sockets
+//!   (queueing for a full one), per concrete topic; retained messages.
 //! - `registry` — takeover map, direct messages (inbox, private frames).
 //! - `relay` — bus deliveries → per-stream frames (with sampling under load) → fan-out; inbox,
 //!   retained and plain messages.
@@ -97,6 +98,7 @@ pub struct Node {
     pub mqtt_addr: SocketAddr,
     pub ws_addr: Option<SocketAddr>,
     relay: JoinHandle<()>,
+    fanout: Arc<fanout::Fanout>,
     connections: TaskTracker,
     readers: TaskTracker,
 }
@@ -114,7 +116,7 @@ impl Node {
                  (see mqtt.backlog_frames)"
             );
         }
-        let fanout = Arc::new(fanout::Fanout::new(config.mqtt.backlog_frames));
+        let fanout = Arc::new(fanout::Fanout::new(0, config.mqtt.backlog_frames));
         let registry = Arc::new(registry::Registry::default());
         let connections = TaskTracker::new();
         let readers = TaskTracker::new();
@@ -196,7 +198,7 @@ impl Node {
         let relay = tokio::spawn(relay::run(
             deliveries,
             local_rx,
-            fanout,
+            fanout.clone(),
             registry,
             flusher,
             config.delivery.clone(),
@@ -207,6 +209,7 @@ impl Node {
             mqtt_addr,
             ws_addr,
             relay,
+            fanout,
             connections,
             readers,
         })
@@ -219,9 +222,11 @@ impl Node {
         self.readers.wait().await;
     }
 
-    /// Waits for the relay to flush (after `shutdown.relay`).
+    /// Waits for the relay to flush (after `shutdown.relay`), then for the fan-out threads to
+    /// have written (or queued for slow connections) every frame the relay handed them.
     pub async fn relay_finished(&mut self) {
         let _ = (&mut self.relay).await;
+        self.fanout.flushed().await;
     }
 
     /// Waits until every connection task ended (after `shutdown.close`).

@@ -70,7 +70,7 @@ pub(crate) async fn accept_loop(
             let _permit = permit;
             let timeout = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
             let transport = match kind {
-                Kind::Tcp => Transport::Tcp(stream),
+                Kind::Tcp => Transport::Tcp(std::sync::Arc::new(stream)),
                 Kind::WebSocket => {
                     match tokio::time::timeout(timeout, handshake(stream, &ctx.config.ws.path))
                         .await

@@ -5,10 +5,11 @@
 //! bytes"; the MQTT codec above does not know which one it talks to.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -17,7 +18,8 @@ use tokio_tungstenite::WebSocketStream;
 const READ_RESERVE: usize = 2048;
 
 pub(crate) enum Transport {
-    Tcp(TcpStream),
+    /// Shared with the connection's fan-out outlet, which writes frames to it directly.
+    Tcp(Arc<TcpStream>),
     Ws(Box<WebSocketStream<TcpStream>>),
 }
 
@@ -36,7 +38,13 @@ impl Transport {
                 if buf.capacity() - buf.len() < READ_RESERVE / 4 {
                     buf.reserve(READ_RESERVE);
                 }
-                s.read_buf(buf).await
+                loop {
+                    s.readable().await?;
+                    match s.try_read_buf(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
             }
             Transport::Ws(ws) => loop {
                 match ws.next().await {
@@ -61,7 +69,18 @@ impl Transport {
 
     pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Transport::Tcp(s) => s.write_all(data).await,
+            Transport::Tcp(s) => {
+                let mut written = 0;
+                while written < data.len() {
+                    s.writable().await?;
+                    match s.try_write(&data[written..]) {
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
             Transport::Ws(ws) => ws
                 .send(Message::Binary(Bytes::copy_from_slice(data)))
                 .await
@@ -73,7 +92,10 @@ impl Transport {
     pub(crate) async fn close(&mut self) {
         match self {
             Transport::Tcp(s) => {
-                let _ = s.shutdown().await;
+                // Shared until the outlet is closed; a socket still shared is closed on drop.
+                if let Some(s) = Arc::get_mut(s) {
+                    let _ = s.shutdown().await;
+                }
             }
             Transport::Ws(ws) => {
                 let _ = SinkExt::close(ws.as_mut()).await;
