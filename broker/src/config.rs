@@ -54,6 +54,11 @@ pub struct DeliveryConfig {
     /// Frames are split to stay under this many bytes (a single larger event still goes out
     /// alone). Many MQTT clients refuse large packets (rumqttc: 10 KiB by default).
     pub max_frame_bytes: usize,
+    /// Frame writes per second the node aims to stay under: a stream with many local viewers
+    /// gets a longer batch window (viewers / this, in seconds, when that is longer than
+    /// `batch_window_ms`), so a big audience gets fewer, fuller frames instead of more writes
+    /// than the machine can make. 0 = always `batch_window_ms`.
+    pub max_writes_per_s: u64,
     /// Above this many comments per second in one stream, live delivery keeps a fraction
     /// (always keeping the broadcaster's, moderators' and replies); 0 turns sampling off.
     pub sampling_threshold_per_s: u32,

@@ -227,6 +227,8 @@ pub(crate) async fn serve(
         watching: HashMap::new(),
         post_limit: post_limiter(ctx.config.mqtt.max_posts_per_second),
         reader: Some(reader),
+        write_blocked: false,
+        pumped: 0,
     };
     metrics::gauge!("livecomments_mqtt_connections", "transport" => transport_name).increment(1.0);
     async move {
@@ -295,6 +297,10 @@ struct Session {
     post_limit: Option<DefaultDirectRateLimiter>,
     /// Held while this connection may still read posts from its client.
     reader: Option<TaskTrackerToken>,
+    /// Bytes wait in the outlet that the socket did not take (TCP).
+    write_blocked: bool,
+    /// Bytes written from the outlet's queue since the loop last looked.
+    pumped: usize,
 }
 
 fn post_limiter(per_second: u32) -> Option<DefaultDirectRateLimiter> {
@@ -345,9 +351,24 @@ impl Session {
         let intake = intake_token.cancelled();
         tokio::pin!(close, taken, intake);
         let outlet = self.outlet.clone();
+        let socket = match &self.transport {
+            Transport::Tcp(s) => Some(s.clone()),
+            Transport::Ws(_) => None,
+        };
+        // A client that accepts no bytes for this long while some wait is closed.
+        let write_limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
+        let stall = tokio::time::sleep(write_limit);
+        tokio::pin!(stall);
 
         loop {
             let reading = self.reader.is_some();
+            let blocked = self.write_blocked;
+            let writable = async {
+                match &socket {
+                    Some(s) => s.writable().await,
+                    None => std::future::pending().await,
+                }
+            };
             let step = tokio::select! {
                 // Stop conditions first, so a cancelled intake wins over pending input; input
                 // before writing what the fan-out queued, so a viewer that cannot keep up with
@@ -385,18 +406,32 @@ impl Session {
                     }
                     r
                 }
-                _ = outlet.wait_queued() => self.drain().await,
+                _ = outlet.wait_queued() => self.pump().await,
+                r = writable, if blocked => match r {
+                    Ok(()) => self.pump().await,
+                    Err(e) => Err(Close::Io(e)),
+                },
+                _ = &mut stall, if blocked => Err(Close::WriteTimeout),
             };
             let step = match step {
                 Ok(()) => self.flush().await,
                 Err(c) => Err(c),
             };
+            // The write timeout runs while bytes wait and restarts whenever some go out.
+            if self.write_blocked && (!blocked || self.pumped > 0) {
+                stall
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + write_limit);
+            }
+            self.pumped = 0;
             if let Err(close) = step {
                 if matches!(close, Close::Refused) {
                     // The `unavailable` answer written just before must reach the client, and
                     // apart from the close: a client that reads the answer and the FIN in one
                     // go may drop the answer (rumqttc does), so the close waits a moment.
-                    let _ = self.flush().await;
+                    if self.flush().await.is_ok() {
+                        let _ = self.drain().await;
+                    }
                     self.linger(REFUSED_LINGER).await;
                 }
                 return close;
@@ -611,7 +646,8 @@ impl Session {
                 codes.push(CCode::Failure);
             }
         }
-        // Granted QoS is always 0. Written before the fan-out may write retained messages.
+        // Granted QoS is always 0. Handed to the outlet before the fan-out may write retained
+        // messages to it.
         self.write_packet(CPacket::SubAck(CSubAck::new(s.pkid, codes)))?;
         self.flush().await?;
         for stream in first_viewer {
@@ -723,8 +759,8 @@ impl Session {
             .map_err(|e| Close::Protocol(e.to_string()))
     }
 
-    /// Hands this task's packets to the outlet and writes whatever the outlet has queued; a
-    /// client that accepts nothing for `write_timeout_ms` is closed.
+    /// Hands this task's packets to the outlet (which keeps them in order with the frames) and
+    /// writes what the outlet has queued, as far as the socket takes it now.
     async fn flush(&mut self) -> Result<(), Close> {
         if !self.out.is_empty() {
             self.outlet.send_own(&self.out);
@@ -734,11 +770,27 @@ impl Session {
                 self.out.clear();
             }
         }
-        self.drain().await
+        self.pump().await
     }
 
     /// Writes what the outlet queued (frames the fan-out could not write at once, and this
-    /// task's packets behind them).
+    /// task's packets behind them). TCP: without waiting; what the socket does not take yet
+    /// leaves `write_blocked` set, and the loop waits for the socket between its other work.
+    /// WebSocket: all of it, waiting at most the write timeout.
+    async fn pump(&mut self) -> Result<(), Close> {
+        match &self.transport {
+            Transport::Tcp(socket) => {
+                let (n, empty) = self.outlet.write_queued(socket).map_err(Close::Io)?;
+                self.pumped += n;
+                self.write_blocked = !empty;
+                Ok(())
+            }
+            Transport::Ws(_) => self.drain().await,
+        }
+    }
+
+    /// Writes everything the outlet queued, waiting for the socket; a client that accepts
+    /// nothing for `write_timeout_ms` is closed.
     async fn drain(&mut self) -> Result<(), Close> {
         let limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
         let written = match &mut self.transport {

@@ -1,6 +1,6 @@
-//! The node's fan-out: one thread that writes each frame to every subscribed connection's
-//! socket itself, as a single-threaded broker's event loop does, instead of waking one task
-//! per viewer to write it.
+//! The node's fan-out: one thread per core, each writing every frame to its share of the
+//! subscribed connections' sockets itself, as a broker's event loop does, instead of waking
+//! one task per viewer to write it.
 //!
 //! A frame travels as its encoded MQTT PUBLISH (QoS 0, no packet id: the same bytes for every
 //! viewer), encoded once per node. Each connection has an [`Outlet`]: its socket (TCP) and a
@@ -19,8 +19,8 @@
 //! `tokio::sync::broadcast` channel per topic, and before that through rumqttd's router, whose
 //! per-link buffers cost ~40 KB per idle viewer.
 //!
-//! The thread owns the topic → outlets map: connections subscribe and leave by message, in
-//! order with the frames and retained messages, so a subscriber gets a topic's retained
+//! Each thread owns the topic → outlets map of its connections: they subscribe and leave by
+//! message, in order with the frames and retained messages, so a subscriber gets a topic's retained
 //! message on subscribe and every frame after it, never both copies of a change and never
 //! neither. A viewer more than `mqtt.backlog_frames` frames behind (beyond what its socket
 //! buffers hold) skips ahead: its oldest queued frames are dropped, counted as
@@ -51,8 +51,6 @@ pub(crate) fn encode_publish(topic: &str, payload: Bytes, retain: bool) -> Bytes
 
 /// Slices handed to one vectored write of a queue.
 const MAX_SLICES: usize = 64;
-/// Most frames of one topic the fan-out joins into one write per viewer.
-const MAX_BATCH_FRAMES: u64 = 64;
 
 /// Why a connection's writes stopped.
 #[derive(Debug, thiserror::Error)]
@@ -81,24 +79,23 @@ struct Queue {
     items: VecDeque<Item>,
     /// Bytes of the front item already written.
     head_written: usize,
-    /// How many of `items` are frames (which may be dropped), not the connection's own
-    /// packets (which never are).
+    /// Frames in `items` (an item may carry several frames of one topic, or none: the
+    /// connection's own packets and state changes, which are never dropped).
     frames: usize,
     closed: bool,
 }
 
 struct Item {
     bytes: Bytes,
-    frame: bool,
+    frames: usize,
 }
 
-/// What became of a frame offered to an outlet.
+/// What became of frames offered to an outlet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offered {
-    /// On its way: written to the socket or queued for the task.
-    Sent,
-    /// Sent, and to make room an older queued frame was dropped.
-    SentSkipping,
+    /// On their way: written to the socket or queued for the task; `skipped` older queued
+    /// frames were dropped to make room.
+    Sent { skipped: usize },
     /// The connection is gone.
     Closed,
 }
@@ -124,10 +121,10 @@ impl Outlet {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `data` now if nothing is queued before it and the socket takes it, and queues
-    /// what is left (a frame beyond the backlog makes room by dropping the oldest queued
-    /// frame). Never blocks: the socket is non-blocking.
-    fn offer(&self, data: Bytes, frame: bool) -> Offered {
+    /// Writes `data` (`frames` frames; 0: never dropped) now if nothing is queued before it
+    /// and the socket takes it, and queues what is left; frames beyond the backlog make room
+    /// by dropping the oldest queued frames. Never blocks: the socket is non-blocking.
+    fn offer(&self, data: Bytes, frames: usize) -> Offered {
         let mut q = self.lock();
         if q.closed {
             return Offered::Closed;
@@ -135,52 +132,56 @@ impl Outlet {
         let mut written = 0;
         if q.items.is_empty() {
             if let Some(socket) = &q.socket {
-                // An error other than "would block" is left for the task: its next write
-                // meets it and closes the connection.
-                written = write_some(socket, &data).unwrap_or(0);
+                // An error is left for the task: its next write meets it and closes.
+                written = write_some(socket, &data);
                 if written == data.len() {
-                    return Offered::Sent;
+                    return Offered::Sent { skipped: 0 };
                 }
             }
         }
-        let mut offered = Offered::Sent;
-        if frame && q.frames >= self.backlog && q.skip_oldest_frame() {
-            offered = Offered::SentSkipping;
+        let mut skipped = 0;
+        if frames > 0 {
+            while q.frames + frames > self.backlog {
+                match q.skip_oldest_frames() {
+                    0 => break,
+                    n => skipped += n,
+                }
+            }
         }
         if q.items.is_empty() {
             q.head_written = written;
         }
-        q.frames += usize::from(frame);
-        q.items.push_back(Item { bytes: data, frame });
+        q.frames += frames;
+        q.items.push_back(Item {
+            bytes: data,
+            frames,
+        });
         drop(q);
         self.queued.notify_one();
-        offered
+        Offered::Sent { skipped }
     }
 
-    /// Queues (or writes) the connection's own bytes: never dropped.
-    pub(crate) fn send_own(&self, data: &[u8]) -> Offered {
+    /// Writes or queues the connection's own bytes (never dropped).
+    pub(crate) fn send_own(&self, data: &[u8]) {
         let mut q = self.lock();
         if q.closed {
-            return Offered::Closed;
+            return;
         }
         let mut written = 0;
         if q.items.is_empty() {
             if let Some(socket) = &q.socket {
-                written = write_some(socket, data).unwrap_or(0);
+                written = write_some(socket, data);
                 if written == data.len() {
-                    return Offered::Sent;
+                    return;
                 }
             }
         }
-        // Only the unwritten part is kept; a partly written frame ahead of it is kept whole.
-        let rest = Bytes::copy_from_slice(&data[written..]);
         q.items.push_back(Item {
-            bytes: rest,
-            frame: false,
+            bytes: Bytes::copy_from_slice(&data[written..]),
+            frames: 0,
         });
         drop(q);
         self.queued.notify_one();
-        Offered::Sent
     }
 
     /// Waits until something was queued for the task to write.
@@ -188,35 +189,41 @@ impl Outlet {
         self.queued.notified().await;
     }
 
-    /// Writes the queue to a TCP connection's `socket` (the outlet's own) until it is empty;
-    /// fails when the client accepts nothing for `limit`.
+    /// Writes what is queued to a TCP connection's `socket` (the outlet's own) without
+    /// waiting: the bytes written, and whether the queue is empty now.
+    pub(crate) fn write_queued(&self, socket: &TcpStream) -> io::Result<(usize, bool)> {
+        let mut q = self.lock();
+        let mut total = 0;
+        while !q.items.is_empty() {
+            let n = {
+                let mut slices = Vec::with_capacity(q.items.len().min(MAX_SLICES));
+                for (i, item) in q.items.iter().take(MAX_SLICES).enumerate() {
+                    let skip = if i == 0 { q.head_written } else { 0 };
+                    slices.push(IoSlice::new(&item.bytes[skip..]));
+                }
+                match socket.try_write_vectored(&slices) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            q.consume(n);
+            total += n;
+        }
+        Ok((total, q.items.is_empty()))
+    }
+
+    /// Writes the whole queue to a TCP connection's `socket`, waiting for it; fails when the
+    /// client accepts nothing for `limit`.
     pub(crate) async fn drain_tcp(
         &self,
         socket: &TcpStream,
         limit: Duration,
     ) -> Result<(), WriteError> {
         loop {
-            {
-                let mut q = self.lock();
-                loop {
-                    if q.items.is_empty() {
-                        return Ok(());
-                    }
-                    let n = {
-                        let mut slices = Vec::with_capacity(q.items.len().min(MAX_SLICES));
-                        for (i, item) in q.items.iter().take(MAX_SLICES).enumerate() {
-                            let skip = if i == 0 { q.head_written } else { 0 };
-                            slices.push(IoSlice::new(&item.bytes[skip..]));
-                        }
-                        match socket.try_write_vectored(&slices) {
-                            Ok(n) => n,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(e) => return Err(e.into()),
-                        }
-                    };
-                    q.consume(n);
-                }
+            if self.write_queued(socket)?.1 {
+                return Ok(());
             }
             match tokio::time::timeout(limit, socket.writable()).await {
                 Ok(Ok(())) => {}
@@ -256,24 +263,25 @@ impl Outlet {
 }
 
 impl Queue {
-    /// Drops the oldest queued frame that is not partly written. False if there is none.
-    fn skip_oldest_frame(&mut self) -> bool {
+    /// Drops the oldest queued item of frames that is not partly written; the frames it
+    /// held (0 if there is none).
+    fn skip_oldest_frames(&mut self) -> usize {
         let partly = self.head_written > 0;
         let found = self
             .items
             .iter()
             .enumerate()
-            .position(|(i, item)| item.frame && !(i == 0 && partly));
+            .position(|(i, item)| item.frames > 0 && !(i == 0 && partly));
         match found {
             Some(i) => {
-                self.items.remove(i);
-                self.frames -= 1;
+                let item = self.items.remove(i).expect("found");
+                self.frames -= item.frames;
                 if i == 0 {
                     self.head_written = 0;
                 }
-                true
+                item.frames
             }
-            None => false,
+            None => 0,
         }
     }
 
@@ -290,25 +298,25 @@ impl Queue {
             }
             n -= left;
             let item = self.items.pop_front().expect("front exists");
-            self.frames -= usize::from(item.frame);
+            self.frames -= item.frames;
             self.head_written = 0;
         }
     }
 }
 
-/// Writes as much of `data` as the socket takes now.
-fn write_some(socket: &TcpStream, data: &[u8]) -> io::Result<usize> {
+/// Writes as much of `data` as the socket takes now; an error ends the attempt (what was
+/// written before it counts).
+fn write_some(socket: &TcpStream, data: &[u8]) -> usize {
     let mut written = 0;
     while written < data.len() {
         match socket.try_write(&data[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => break,
             Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(_) => break,
         }
     }
-    Ok(written)
+    written
 }
 
 enum Command {
@@ -383,8 +391,10 @@ impl Fanout {
     }
 
     fn send(&self, shard: usize, c: Command) {
-        // Fails only once the thread is gone, i.e. the process is ending.
-        let _ = self.shards[shard].send(c);
+        // Fails only if the thread is gone: it panicked (its viewers get nothing more).
+        if self.shards[shard].send(c).is_err() {
+            tracing::error!(shard, "a fan-out thread is gone; its viewers get no frames");
+        }
     }
 
     /// From now on, `outlet` gets the topic's frames, starting with its retained message (with
@@ -460,105 +470,140 @@ impl Fanout {
 /// `livecomments_fanout_topics` sums the topic entries of all threads (a topic with a retained
 /// message has one in each), so a leak shows.
 fn run(rx: std_mpsc::Receiver<Command>) {
-    let mut topics: HashMap<String, Topic> = HashMap::new();
-    let mut next = None;
-    loop {
-        let command = match next.take() {
-            Some(c) => c,
-            None => match rx.recv() {
-                Ok(c) => c,
-                Err(_) => return,
-            },
-        };
-        let before = topics.len();
+    let mut shard = Shard::default();
+    let mut group = Vec::new();
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        // What queued up meanwhile is handled as one group: frames of a topic that piled up
+        // while the thread was busy go out as one write per viewer, so a fan-out that falls
+        // behind catches up instead of falling further behind.
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let before = shard.topics.len();
+        for command in group.drain(..) {
+            shard.handle(command);
+        }
+        shard.flush_all();
+        if shard.topics.len() != before {
+            metrics::gauge!("livecomments_fanout_topics")
+                .increment(shard.topics.len() as f64 - before as f64);
+        }
+    }
+}
+
+/// Most commands a thread takes from its queue at once.
+const MAX_GROUP: usize = 1024;
+/// A topic's frames held back within a group are sent once they reach this size.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// One fan-out thread's state.
+#[derive(Default)]
+struct Shard {
+    topics: HashMap<String, Topic>,
+    /// Frames of the current group per topic, not sent yet, and their total size.
+    held: HashMap<String, (Vec<Bytes>, usize)>,
+}
+
+impl Shard {
+    fn handle(&mut self, command: Command) {
         match command {
+            Command::Publish { topic, packet } => {
+                if !self.topics.contains_key(&topic) {
+                    return;
+                }
+                let (frames, size) = self.held.entry(topic.clone()).or_default();
+                *size += packet.len();
+                frames.push(packet);
+                if *size >= MAX_BATCH_BYTES {
+                    self.flush(&topic);
+                }
+            }
             Command::Subscribe { topic, outlet } => {
-                let t = topics.entry(topic.clone()).or_default();
+                // Frames held back were published before this subscription.
+                self.flush(&topic);
+                let t = self.topics.entry(topic.clone()).or_default();
                 if let Some(payload) = &t.retained {
                     // Encoded per subscriber: only this copy has the retain flag.
-                    outlet.offer(encode_publish(&topic, payload.clone(), true), false);
+                    outlet.offer(encode_publish(&topic, payload.clone(), true), 0);
                 }
                 t.outlets.push(outlet);
             }
             Command::Unsubscribe { topic, outlet } => {
-                if let Some(t) = topics.get_mut(&topic) {
+                self.flush(&topic);
+                if let Some(t) = self.topics.get_mut(&topic) {
                     if let Some(i) = t.outlets.iter().position(|o| Arc::ptr_eq(o, &outlet)) {
                         t.outlets.swap_remove(i);
                     }
                     if t.outlets.is_empty() && t.retained.is_none() {
-                        topics.remove(&topic);
-                    }
-                }
-            }
-            Command::Publish { topic, packet } => {
-                // Frames of the same topic that queued up behind this one while the thread
-                // was busy go out together: one write per viewer, not one per frame, so a
-                // fan-out that falls behind catches up instead of falling further behind.
-                let mut frames = 1;
-                let mut batch: Option<BytesMut> = None;
-                while frames < MAX_BATCH_FRAMES {
-                    match rx.try_recv() {
-                        Ok(Command::Publish {
-                            topic: t,
-                            packet: p,
-                        }) if t == topic => {
-                            batch
-                                .get_or_insert_with(|| BytesMut::from(&packet[..]))
-                                .extend_from_slice(&p);
-                            frames += 1;
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let packet = batch.map_or(packet, BytesMut::freeze);
-                if let Some(t) = topics.get_mut(&topic) {
-                    send_to_all(t, packet, frames);
-                    if t.outlets.is_empty() && t.retained.is_none() {
-                        topics.remove(&topic);
+                        self.topics.remove(&topic);
                     }
                 }
             }
             Command::Retain { topic, payload } => {
-                let t = topics.entry(topic.clone()).or_default();
+                self.flush(&topic);
+                let t = self.topics.entry(topic.clone()).or_default();
                 // Forwarded to existing subscribers without the retain flag (MQTT 3.1.1
                 // §3.3.1.3); state changes are never dropped for a slow viewer.
                 send_to_all(t, encode_publish(&topic, payload.clone(), false), 0);
                 t.retained = Some(payload);
             }
             Command::Barrier(done) => {
+                self.flush_all();
                 let _ = done.send(());
             }
         }
-        if topics.len() != before {
-            metrics::gauge!("livecomments_fanout_topics")
-                .increment(topics.len() as f64 - before as f64);
+    }
+
+    /// Sends the frames of `topic` held back in this group, as one write per viewer.
+    fn flush(&mut self, topic: &str) {
+        let Some((frames, size)) = self.held.remove(topic) else {
+            return;
+        };
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let n = frames.len();
+        let packet = if n == 1 {
+            frames.into_iter().next().expect("one frame")
+        } else {
+            let mut joined = BytesMut::with_capacity(size);
+            for f in &frames {
+                joined.extend_from_slice(f);
+            }
+            joined.freeze()
+        };
+        send_to_all(t, packet, n);
+        if t.outlets.is_empty() && t.retained.is_none() {
+            self.topics.remove(topic);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let topics: Vec<String> = self.held.keys().cloned().collect();
+        for topic in topics {
+            self.flush(&topic);
         }
     }
 }
 
 /// Offers `packet` (`frames` frames; 0: a state change, never dropped) to every outlet of
 /// `t`, forgetting closed ones.
-fn send_to_all(t: &mut Topic, packet: Bytes, frames: u64) {
+fn send_to_all(t: &mut Topic, packet: Bytes, frames: usize) {
     let (mut sent, mut skipped) = (0u64, 0u64);
-    t.outlets
-        .retain(|o| match o.offer(packet.clone(), frames > 0) {
-            Offered::Sent => {
-                sent += 1;
-                true
-            }
-            Offered::SentSkipping => {
-                sent += 1;
-                skipped += 1;
-                true
-            }
-            Offered::Closed => false,
-        });
+    t.outlets.retain(|o| match o.offer(packet.clone(), frames) {
+        Offered::Sent { skipped: n } => {
+            sent += 1;
+            skipped += n as u64;
+            true
+        }
+        Offered::Closed => false,
+    });
     if sent > 0 && frames > 0 {
-        metrics::counter!("livecomments_deliveries_total").increment(sent * frames);
+        metrics::counter!("livecomments_deliveries_total").increment(sent * frames as u64);
     }
     if skipped > 0 {
         metrics::counter!("livecomments_deliveries_skipped_total").increment(skipped);
@@ -609,6 +654,31 @@ mod tests {
             );
         }
         assert_eq!(other.take_queued(), None);
+    }
+
+    #[test]
+    fn frames_that_pile_up_go_out_together_in_order() {
+        let f = Fanout::new(1, 1000);
+        let a = queue_only(&f);
+        f.subscribe("t", &a);
+        f.subscribe("u", &a);
+        for i in 0..100u8 {
+            f.publish("t", Bytes::from(vec![i]));
+            f.publish("u", Bytes::from(vec![i]));
+        }
+        f.barrier();
+        let got = publishes(a.take_queued());
+        for topic in ["t", "u"] {
+            let frames: Vec<Bytes> = got
+                .iter()
+                .filter(|(t, _, _)| t == topic)
+                .map(|(_, p, _)| p.clone())
+                .collect();
+            assert_eq!(
+                frames,
+                (0..100u8).map(|i| Bytes::from(vec![i])).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl Node {
         ));
         tokio::spawn(reactions::run(flusher.clone(), shutdown.relay.clone()));
         tokio::spawn(presence::run(
-            viewers,
+            viewers.clone(),
             deps.presence.clone(),
             std::time::Duration::from_millis(config.presence.interval_ms),
             deps.bus.clone(),
@@ -198,9 +198,12 @@ impl Node {
         let relay = tokio::spawn(relay::run(
             deliveries,
             local_rx,
-            fanout.clone(),
-            registry,
-            flusher,
+            relay::RelayTo {
+                fanout: fanout.clone(),
+                registry,
+                reactions: flusher,
+                viewers: viewers.clone(),
+            },
             config.delivery.clone(),
             shutdown.relay.clone(),
         ));

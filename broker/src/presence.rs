@@ -73,6 +73,12 @@ impl Viewers {
         p.viewers == 1
     }
 
+    /// The node's viewers of `stream` now.
+    pub(crate) fn count(&self, stream: &StreamId) -> u64 {
+        let m = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        m.get(stream).map_or(0, |p| p.viewers)
+    }
+
     /// A connection stopped watching `stream` (unsubscribed or gone); true when it was the
     /// node's last viewer.
     pub(crate) fn leave(&self, stream: &StreamId) -> bool {

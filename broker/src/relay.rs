@@ -146,6 +146,9 @@ struct Relay {
     reactions: Arc<Flusher>,
     sampling_threshold: f64,
     window: Duration,
+    /// Local viewers per stream, for the window of a big audience.
+    viewers: Arc<crate::presence::Viewers>,
+    max_writes_per_s: u64,
     max_frame_events: usize,
     max_frame_bytes: usize,
     streams: HashMap<StreamId, Pending>,
@@ -158,21 +161,35 @@ struct Relay {
     gap_timers: BinaryHeap<Reverse<(Instant, StreamId)>>,
 }
 
+/// Where the relay's output goes, and what it reads about the node.
+pub(crate) struct RelayTo {
+    pub fanout: Arc<Fanout>,
+    pub registry: Arc<Registry>,
+    pub reactions: Arc<Flusher>,
+    pub viewers: Arc<crate::presence::Viewers>,
+}
+
 pub(crate) async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     mut local: mpsc::Receiver<crate::connection::Local>,
-    fanout: Arc<Fanout>,
-    registry: Arc<Registry>,
-    reactions: Arc<Flusher>,
+    to: RelayTo,
     config: DeliveryConfig,
     stop: CancellationToken,
 ) {
+    let RelayTo {
+        fanout,
+        registry,
+        reactions,
+        viewers,
+    } = to;
     let mut relay = Relay {
         fanout,
         registry,
         reactions,
         sampling_threshold: f64::from(config.sampling_threshold_per_s),
         window: Duration::from_millis(config.batch_window_ms),
+        viewers,
+        max_writes_per_s: config.max_writes_per_s,
         max_frame_events: config.max_frame_events,
         max_frame_bytes: config.max_frame_bytes,
         streams: HashMap::new(),
@@ -409,21 +426,32 @@ impl Relay {
         push(p, &mut self.touched, stream, a.event, a.received_at_ms);
     }
 
+    /// The batch window of `stream`: `batch_window_ms`, or longer for an audience so big that
+    /// one frame per window would exceed `max_writes_per_s` socket writes.
+    fn window_for(&self, stream: &StreamId) -> Duration {
+        audience_window(
+            self.window,
+            self.viewers.count(stream),
+            self.max_writes_per_s,
+        )
+    }
+
     /// For each stream that got events: flush now if it was quiet, else schedule.
     fn decide(&mut self) {
         let now = Instant::now();
         for stream in std::mem::take(&mut self.touched) {
+            let window = self.window_for(&stream);
             let Some(p) = self.streams.get_mut(&stream) else {
                 continue;
             };
             if p.due.is_some() && p.events.len() < self.max_frame_events {
                 continue;
             }
-            let quiet = p.last_flush.is_none_or(|t| now >= t + self.window);
+            let quiet = p.last_flush.is_none_or(|t| now >= t + window);
             if quiet || p.events.len() >= self.max_frame_events {
                 self.flush(&stream);
             } else if let Some(t) = p.last_flush {
-                let due = t + self.window;
+                let due = t + window;
                 p.due = Some(due);
                 self.timers.push(Reverse((due, stream)));
             }
@@ -516,9 +544,34 @@ impl Relay {
     }
 }
 
+/// `base`, or `viewers / max_writes_per_s` seconds when that is longer (0: no limit).
+fn audience_window(base: Duration, viewers: u64, max_writes_per_s: u64) -> Duration {
+    if max_writes_per_s == 0 {
+        return base;
+    }
+    base.max(Duration::from_secs_f64(
+        viewers as f64 / max_writes_per_s as f64,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_big_audience_gets_a_longer_window() {
+        let base = Duration::from_millis(25);
+        assert_eq!(audience_window(base, 1_000, 200_000), base);
+        assert_eq!(
+            audience_window(base, 10_000, 200_000),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            audience_window(base, 19_000, 200_000),
+            Duration::from_millis(95)
+        );
+        assert_eq!(audience_window(base, 19_000, 0), base, "0 turns it off");
+    }
 
     /// One second of `rate` events into `p`, returning the notice's rate if one was sent.
     fn second(p: &mut Pending, rate: u32, threshold: f64) -> Option<String> {
