@@ -1,12 +1,13 @@
 //! A viewer that stops reading its socket while the stream is busy: the node disconnects it
-//! after `mqtt.write_timeout_ms` (it holds buffers meanwhile), and nobody else waits for it.
+//! after `mqtt.write_timeout_ms` (it holds buffers meanwhile), nobody else waits for it, and
+//! until then what it sends is still read (its posts, its PINGREQs).
 //! Alone in its test binary: it reads the process-wide connections gauge.
 
 mod common;
 
 use bytes::BytesMut;
 use common::{seqs, Client, System, WAIT};
-use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Subscribe};
+use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Publish, Subscribe};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -29,7 +30,8 @@ fn text(n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_stops_reading_is_dropped_and_holds_up_nobody() {
     let sys = System::start_with(|c| {
-        c.mqtt.write_timeout_ms = 1_000;
+        // Long enough for the stuck viewer to post while the node cannot write to it.
+        c.mqtt.write_timeout_ms = 5_000;
         c.mqtt.max_posts_per_second = 0;
         c.bridge.rate_limit_count = 0;
         c.delivery.sampling_threshold_per_s = 0;
@@ -101,6 +103,29 @@ async fn a_viewer_that_stops_reading_is_dropped_and_holds_up_nobody() {
         (1..=POSTS as u64).collect::<Vec<_>>(),
         "every comment, in order, to the viewer that reads"
     );
+    // The node cannot write to the stuck viewer now, but still reads it: its post is taken.
+    assert_eq!(
+        sys.metric(GAUGE).await,
+        Some(2.0),
+        "the stuck viewer is still connected"
+    );
+    let mut b = BytesMut::new();
+    Packet::Publish(Publish::new(
+        "streams/s1/post",
+        QoS::AtMostOnce,
+        serde_json::json!({"text": "from the stuck one", "client_msg_id": "stuck-1"}).to_string(),
+    ))
+    .write(&mut b, usize::MAX)
+    .unwrap();
+    stuck.write_all(&b).await.unwrap();
+    let (events, _) = viewer.comments("s1", 1, WAIT).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the stuck viewer's post was read and published"
+    );
+    assert_eq!(events[0]["text"], "from the stuck one");
+    assert_eq!(events[0]["user"]["id"], "stuck");
     // The stuck viewer is let go: the gauge counts only the healthy one.
     sys.metric_becomes(GAUGE, 1.0).await;
     // What the node had written before it gave up, then the end of the connection.
