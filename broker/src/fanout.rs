@@ -394,7 +394,11 @@ impl Fanout {
         // Fails only if the thread is gone: it panicked (its viewers get nothing more).
         if self.shards[shard].send(c).is_err() {
             tracing::error!(shard, "a fan-out thread is gone; its viewers get no frames");
+            return;
         }
+        // The threads' queues are not bounded (a thread that falls behind sends what piled
+        // up together); this gauge shows when they grow.
+        metrics::gauge!("livecomments_fanout_queued").increment(1.0);
     }
 
     /// From now on, `outlet` gets the topic's frames, starting with its retained message (with
@@ -484,6 +488,7 @@ fn run(rx: std_mpsc::Receiver<Command>) {
             }
         }
         let before = shard.topics.len();
+        metrics::gauge!("livecomments_fanout_queued").decrement(group.len() as f64);
         for command in group.drain(..) {
             shard.handle(command);
         }

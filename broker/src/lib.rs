@@ -229,7 +229,12 @@ impl Node {
     /// have written (or queued for slow connections) every frame the relay handed them.
     pub async fn relay_finished(&mut self) {
         let _ = (&mut self.relay).await;
-        self.fanout.flushed().await;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.fanout.flushed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the fan-out threads had not written the last frames after 5 s");
+        }
     }
 
     /// Waits until every connection task ended (after `shutdown.close`).
