@@ -793,25 +793,27 @@ impl Session {
     /// nothing for `write_timeout_ms` is closed.
     async fn drain(&mut self) -> Result<(), Close> {
         let limit = Duration::from_millis(self.ctx.config.mqtt.write_timeout_ms);
-        let written = match &mut self.transport {
-            Transport::Tcp(socket) => self.outlet.drain_tcp(socket, limit).await,
-            ws @ Transport::Ws(_) => {
-                let mut result = Ok(());
-                while let Some(bytes) = self.outlet.take_queued() {
-                    result = match tokio::time::timeout(limit, ws.write_all(&bytes)).await {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => Err(WriteError::Io(e)),
-                        Err(_) => Err(WriteError::Timeout),
-                    };
-                    break;
-                }
-                result
+        match &mut self.transport {
+            Transport::Tcp(socket) => {
+                self.outlet
+                    .drain_tcp(socket, limit)
+                    .await
+                    .map_err(|e| match e {
+                        WriteError::Io(e) => Close::Io(e),
+                        WriteError::Timeout => Close::WriteTimeout,
+                    })
             }
-        };
-        written.map_err(|e| match e {
-            WriteError::Io(e) => Close::Io(e),
-            WriteError::Timeout => Close::WriteTimeout,
-        })
+            ws @ Transport::Ws(_) => {
+                while let Some(bytes) = self.outlet.take_queued() {
+                    match tokio::time::timeout(limit, ws.write_all(&bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(Close::Io(e)),
+                        Err(_) => return Err(Close::WriteTimeout),
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn teardown(&mut self) {

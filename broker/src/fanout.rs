@@ -161,27 +161,10 @@ impl Outlet {
         Offered::Sent { skipped }
     }
 
-    /// Writes or queues the connection's own bytes (never dropped).
+    /// Writes or queues the connection's own bytes (never dropped; nothing once closed).
+    /// They are few and small (CONNACK, SUBACK, PINGRESP, inbox messages), so a copy is fine.
     pub(crate) fn send_own(&self, data: &[u8]) {
-        let mut q = self.lock();
-        if q.closed {
-            return;
-        }
-        let mut written = 0;
-        if q.items.is_empty() {
-            if let Some(socket) = &q.socket {
-                written = write_some(socket, data);
-                if written == data.len() {
-                    return;
-                }
-            }
-        }
-        q.items.push_back(Item {
-            bytes: Bytes::copy_from_slice(&data[written..]),
-            frames: 0,
-        });
-        drop(q);
-        self.queued.notify_one();
+        let _ = self.offer(Bytes::copy_from_slice(data), 0);
     }
 
     /// Waits until something was queued for the task to write.
