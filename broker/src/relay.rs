@@ -1,9 +1,11 @@
 //! From the bus to local clients.
 //!
 //! Stream events are coalesced per stream for `delivery.batch_window_ms` and published as one
-//! frame on `streams/{stream}/comments`, which [`Fanout`] hands to the topic's subscribers. The first event after a
-//! quiet window goes out at once (with whatever else arrived in the same instant), so a lone
-//! comment is not delayed; under load a stream gets one frame per window. Inbox answers and
+//! frame on `streams/{stream}/comments`, which [`Fanout`] hands to the topic's subscribers.
+//! The first event after a quiet window goes out at once (with whatever else arrived in the
+//! same instant), so a lone comment is not delayed; under load a stream gets one frame per
+//! window. A stream with many viewers on the node gets a longer window (viewers /
+//! `delivery.max_writes_per_s` seconds), so its frames stay within the writes the node makes. Inbox answers and
 //! private frames go to the registry, retained and plain messages straight to the fan-out,
 //! like counts to the reactions aggregator.
 //!
